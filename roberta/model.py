@@ -1,0 +1,303 @@
+"""The RoBERTa encoder, in the paper's order.
+
+    Embeddings -> SelfAttention -> FeedForward -> EncoderLayer -> Encoder -> RobertaModel
+
+RoBERTa (Liu et al., 2019) is BERT's architecture (Devlin et al., 2019), itself the Transformer
+encoder (Vaswani et al., 2017): post-LayerNorm residual blocks of multi-head self-attention and a
+GELU feed-forward network. What RoBERTa changes is the training recipe (see pretrain.py), a
+byte-level BPE vocabulary (tokenizer.py) and one detail here: positions start at `pad_token_id + 1`.
+
+Masks: `attention_mask` is (B, T) with 1 = real token, 0 = padding, everywhere in this package.
+It becomes a boolean (B, 1, 1, T) "may attend" mask once, in `Encoder.forward`.
+
+Checkpoint names differ from HF's; the mapping lives in checkpoint.py, never here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from roberta.checkpoint import PretrainedModel
+from roberta.config import RobertaConfig
+
+
+def position_ids_from_input_ids(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """(B, T) positions pad+1, pad+2, ... counted over real tokens only; padding gets `pad_token_id`.
+
+    Why pad+1: fairseq reserves positions 0..pad for padding, so the first real token is at
+    pad+1 and a padded sequence's real tokens get the same positions as when it stands alone.
+    Padding may be on either side.
+    """
+    real = input_ids.ne(pad_token_id).int()
+    return (torch.cumsum(real, dim=1) * real + pad_token_id).long()
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
+    """(num_positions, dim) fixed sin/cos encoding of Vaswani et al.: sin on even, cos on odd dims."""
+    pos = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    table = torch.zeros(num_positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return table.float()
+
+
+class Embeddings(nn.Module):
+    """Token embedding + position embedding (+ token type), then LayerNorm and dropout."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.pad_token_id = config.pad_token_id
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        if config.position_embedding_type == "learned":
+            self.position = nn.Embedding(
+                config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
+            )
+        else:
+            self.position = nn.Embedding.from_pretrained(
+                sinusoidal_table(config.max_position_embeddings, config.hidden_size), freeze=True
+            )
+        self.token_type = (
+            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word(input_ids)  # (B, T, C)
+        B, T, _ = inputs_embeds.shape
+        if position_ids is None:
+            if input_ids is not None:
+                position_ids = position_ids_from_input_ids(input_ids, self.pad_token_id)  # (B, T)
+            else:  # no ids to find padding in: every embedding is a real token
+                start = self.pad_token_id + 1
+                position_ids = torch.arange(start, start + T, device=inputs_embeds.device).expand(B, T)
+        x = inputs_embeds + self.position(position_ids)
+        if self.token_type is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros(B, T, dtype=torch.long, device=x.device)
+            x = x + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))  # (B, T, C)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: softmax(Q Kᵀ / √d_k) V per head, heads concatenated, then Wᴼ.
+
+    Q, K and V come from one fused projection `qkv` (C -> 3C); `out` is Wᴼ (C -> C).
+    """
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.n_head = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, C) -> q, k, v each (B, nh, T, hs)."""
+        B, T, C = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+        return q, k, v
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, T, C); mask: (B, 1, 1, T) bool, True = may attend (a real key). Returns (B, T, C)."""
+        B, T, C = x.shape
+        q, k, v = self.heads(x)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if output_attentions:
+            y, weights = attention_weights(q, k, v, mask, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            weights = None
+        y = y.transpose(1, 2).reshape(B, T, C)  # concatenate the heads: (B, T, nh * hs)
+        return self.out(y), weights
+
+
+def attention_weights(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The explicit formula, for study: returns (softmax(QKᵀ/√d_k)·V, the weights (B, nh, T, T)).
+
+    Padding keys get weight exactly 0; each query's weights over the real keys sum to 1.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return F.dropout(weights, p=dropout_p) @ v, weights
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward: Linear(C -> 4C), GELU, Linear(4C -> C)."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class EncoderLayer(nn.Module):
+    """One post-LN Transformer block: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.attn = SelfAttention(config)
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, weights = self.attn(x, mask, output_attentions)
+        x = self.norm1(x + self.dropout(a))
+        x = self.norm2(x + self.dropout(self.ffn(x)))
+        return x, weights
+
+
+@dataclass
+class EncoderOutput:
+    """last_hidden_state (B, T, C); pooler_output (B, C) or None; on request, hidden_states
+    (embeddings + each layer, L+1 of (B, T, C)) and attentions (L of (B, nh, T, T))."""
+
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> EncoderOutput:
+        """x: (B, T, C) embeddings; attention_mask: (B, T), 1 = real token, or None (all real)."""
+        mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, T)
+        hidden, attentions = [x], []
+        for layer in self.layers:
+            x, weights = layer(x, mask, output_attentions)
+            hidden.append(x)
+            attentions.append(weights)
+        return EncoderOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+
+
+class Pooler(nn.Module):
+    """tanh(W h_<s>): the first token's final state through a dense layer (BERT's NSP pooler)."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class RobertaModel(PretrainedModel):
+    """The RoBERTa encoder: `model(input_ids, attention_mask)` -> EncoderOutput.
+
+    Args:
+        config: the hyper-parameters.
+        add_pooler: keep the `<s>` pooler (HF's `RobertaModel` has one; the task models do not).
+    """
+
+    def __init__(self, config: RobertaConfig, add_pooler: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.pooler = Pooler(config) if add_pooler else None
+        self.apply(self._init_weights)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> EncoderOutput:
+        """
+        Args:
+            input_ids: (B, T) token ids. Give either these or `inputs_embeds` (B, T, C).
+            attention_mask: (B, T), 1 = real token, 0 = padding. Default: all real.
+            token_type_ids: (B, T) segment ids; RoBERTa checkpoints have a single type (0).
+            position_ids: (B, T) explicit positions. Default: pad+1, pad+2, ... over real tokens.
+            output_hidden_states: also return the embeddings and every layer's output.
+            output_attentions: also return every layer's attention weights (B, nh, T, T).
+        """
+        self.check_inputs(input_ids, attention_mask, inputs_embeds)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, C)
+        out = self.encoder(x, attention_mask, output_hidden_states, output_attentions)
+        if self.pooler is not None:
+            out.pooler_output = self.pooler(out.last_hidden_state)  # (B, C)
+        return out
+
+    def check_inputs(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+    ) -> None:
+        """Clear errors for input the model cannot take, before torch fails somewhere deep."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        x = input_ids if input_ids is not None else inputs_embeds
+        if x.dim() != (2 if input_ids is not None else 3):
+            hint = "(batch, length)" if input_ids is not None else "(batch, length, hidden)"
+            raise ValueError(f"expected shape {hint}, got {tuple(x.shape)}; add a batch dimension?")
+        if input_ids is not None:
+            if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+                raise TypeError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+            if input_ids.device.type == "cpu" and input_ids.numel():
+                lo, hi = int(input_ids.min()), int(input_ids.max())
+                if lo < 0 or hi >= self.config.vocab_size:
+                    raise ValueError(
+                        f"input_ids hold {lo if lo < 0 else hi}, outside the vocabulary 0..{self.config.vocab_size - 1};"
+                        " was the text encoded by this model's tokenizer?"
+                    )
+        T = x.shape[1]
+        if T > self.config.max_length:
+            raise ValueError(
+                f"input has {T} tokens but the model's position table holds {self.config.max_length}; "
+                f"encode with truncation=True, max_length={self.config.max_length}"
+            )
+        if T == 0:
+            raise ValueError("input has 0 tokens; an empty text still encodes to <s> </s>")
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(x.shape[:2]):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(x.shape[:2])} "
+                "(batch, length) with 1 = real token"
+            )
