@@ -123,8 +123,10 @@ class PretrainedModel(nn.Module):
 
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
-        self.config.extra["architectures"] = [type(self).__name__]
-        self.config.save_json(folder / "config.json")
+        architectures = {"architectures": [type(self).__name__]}  # what transformers instantiates
+        dataclasses.replace(self.config, extra={**self.config.extra, **architectures}).save_json(
+            folder / "config.json"
+        )
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.", suffix=".safetensors.tmp")
         os.close(fd)
         try:
