@@ -149,8 +149,10 @@ def problem_type(config: RobertaConfig, labels: torch.Tensor) -> str:
 
 def classification_loss(config: RobertaConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     kind = problem_type(config, labels)
-    if kind == "regression":
-        return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+    if kind == "regression":  # one target: (B,) labels; several: (B, num_labels)
+        if config.num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+        return F.mse_loss(logits.float(), labels.float())
     if kind == "single_label_classification":
         return F.cross_entropy(logits.float(), labels.long().view(-1), ignore_index=IGNORE_INDEX)
     if kind == "multi_label_classification":
