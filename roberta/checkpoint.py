@@ -231,8 +231,11 @@ class PretrainedModel(nn.Module):
                 + "\n  ".join(problems)
                 + "\nDoes config.json belong to these weights?"
             )
+        # A fresh pooler is routine (MLM checkpoints have none and only multiple choice uses it).
+        heads = [k for k in fresh if ".pooler." not in f".{k}"]
+        log = logger.warning if heads else logger.info
         if fresh:
-            logger.warning("%s: newly initialised (train before use): %s", source, _short(fresh))
+            log("%s: newly initialised (train before use): %s", source, _short(fresh))
         ignored = sorted(set(unexpected) - set(body_unexpected))
         if ignored:
             logger.info("%s: weights not used by %s: %s", source, type(self).__name__, _short(ignored))

@@ -1,0 +1,37 @@
+"""The `roberta` command line, run in-process: it parses, calls the library, and prints."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from roberta import RobertaModel
+from roberta.cli import main
+from roberta.tokenizer import Tokenizer
+
+TEXT = "The quick brown fox jumps over the lazy dog"
+
+
+def test_encode_prints_tokens_ids_shape_and_values(tiny_model_dir, capsys):
+    assert main(["encode", TEXT, "--model", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "Ġquick" in out and "last_hidden_state: 1x11x32" in out
+
+
+def test_encode_json_equals_the_python_api(tiny_model_dir, capsys):
+    assert main(["encode", TEXT, "--model", str(tiny_model_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    tok, model = Tokenizer.from_pretrained(tiny_model_dir), RobertaModel.from_pretrained(tiny_model_dir)
+    batch = tok(TEXT, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    assert result["input_ids"] == batch["input_ids"][0].tolist()
+    assert result["last_hidden_state_shape"] == list(hidden.shape)
+    assert torch.allclose(torch.tensor(result["first_values"]), hidden[0, 0, :8], atol=1e-5)
+
+
+def test_bad_model_path_is_one_clear_line(tmp_path, capsys):
+    assert main(["encode", TEXT, "--model", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("roberta encode: error:") and "Traceback" not in err
