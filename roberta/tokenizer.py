@@ -209,6 +209,8 @@ class Tokenizer:
             add_prefix_space = config.get("add_prefix_space")
         if model_max_length is None:
             model_max_length = config.get("model_max_length", DEFAULT_MODEL_MAX_LENGTH)
+            if model_max_length > 1_000_000:  # HF writes ~1e30 for "no limit known"
+                model_max_length = DEFAULT_MODEL_MAX_LENGTH
         kwargs: dict[str, Any] = {"model_max_length": model_max_length}
         if add_prefix_space is not None:  # else tokenizer.json's own setting, or False
             kwargs["add_prefix_space"] = add_prefix_space

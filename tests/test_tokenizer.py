@@ -187,6 +187,15 @@ def test_tokenizer_config_settings_round_trip(vocab_dir, tmp_path):
     assert overridden("Hello world")["input_ids"] == [0, 31414, 232, 2]
 
 
+def test_unlimited_model_max_length_from_hf_means_512(vocab_dir, tmp_path):
+    Tokenizer.from_files(vocab_dir / "vocab.json", vocab_dir / "merges.txt").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["model_max_length"] = int(1e30)  # what transformers writes when no limit is known
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    loaded = Tokenizer.from_pretrained(tmp_path)
+    assert len(loaded("word " * 600, truncation=True)["input_ids"]) == 512
+
+
 def test_from_pretrained_without_files_says_what_it_looked_for(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"tokenizer\.json.*vocab\.json \+ merges\.txt.*dict\.txt"):
         Tokenizer.from_pretrained(tmp_path)
