@@ -1,0 +1,314 @@
+"""Masked-language-model pretraining, as RoBERTa did it (Liu et al., 2019, section 4).
+
+    stream = tokenize_corpus(files, tokenizer)           # every document's ids, each followed by </s>
+    blocks = Blocks(stream, max_length=128, bos_id=0)    # <s> + 127 consecutive stream tokens each
+    data = MLMBatches(blocks, batch_size=64, masker=Masker.for_tokenizer(tokenizer), seed=0)
+    train(model, data, cfg, loss_fn=mlm_loss)            # the shared loop (roberta/train.py)
+
+FULL-SENTENCES inputs: the corpus is one stream of tokens in which every document ends with
+`</s>`; blocks are cut from it back to back, so a block may span documents (the `</s>` marks the
+border) and nothing is padded, lost or repeated. Like fairseq (TokenBlockDataset of
+`tokens_per_sample - 1`, then PrependTokenDataset), each block is `<s>` followed by `max_length - 1`
+stream tokens; only the very last block is shorter. A document is a paragraph: a run of non-blank
+lines, joined with single spaces (the books are hard-wrapped at ~70 characters).
+
+Dynamic masking: each time a block is read, 15% of its non-special tokens are chosen (fairseq's
+count: `int(0.15 * n + u)`, u ~ U[0, 1), so the expected rate is exactly 15%); of those, 80% become
+`<mask>`, 10% a random non-special token, 10% stay. The randomness comes from a generator seeded by
+(seed, epoch, block index): a resumed run masks exactly as before, and each epoch differently.
+No next-sentence prediction; the LM head projects only the masked positions (`sparse_logits`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from roberta.heads import IGNORE_INDEX, RobertaForMaskedLM
+from roberta.train import Batch, ShuffledBatches, mix_seed
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = "paragraphs-v1"  # bump when read_documents or the stream layout changes
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
+
+
+# ---- corpus -> token stream ------------------------------------------------------------------------
+
+
+def read_documents(path: str | os.PathLike) -> Iterator[str]:
+    """The documents of a UTF-8 text file: its paragraphs (blank-line separated), each with its
+    lines stripped and joined by one space. Empty paragraphs are skipped."""
+    text = Path(path).read_text(encoding="utf-8")
+    for para in _BLANK_LINE.split(text):
+        doc = " ".join(line.strip() for line in para.splitlines() if line.strip())
+        if doc:
+            yield doc
+
+
+def _check_files(files: Sequence[str | os.PathLike]) -> list[Path]:
+    if not files:
+        raise ValueError("no corpus files given")
+    paths = [Path(f) for f in files]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"corpus file not found: {p}")
+    return paths
+
+
+def corpus_key(files: Sequence[Path], tokenizer) -> str:
+    """A hash of the files' contents, the tokenizer and the stream format: the cache key."""
+    h = hashlib.sha256(CACHE_FORMAT.encode())
+    h.update(tokenizer.backend.to_str().encode())
+    for p in files:
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:24]
+
+
+def encode_documents(docs: list[str], tokenizer, eos_id: int) -> np.ndarray:
+    """Token ids of each document (no <s>), each followed by </s>, concatenated: (N,)."""
+    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.int32
+    parts = []
+    for enc in tokenizer.backend.encode_batch(docs, add_special_tokens=False):
+        parts.append(np.asarray(enc.ids + [eos_id], dtype=dtype))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
+def tokenize_corpus(
+    files: Sequence[str | os.PathLike],
+    tokenizer,
+    cache_dir: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """The corpus as one token stream (N,), uint16 when the vocabulary fits, else int32.
+
+    Files are read in the order given; every document ends with `</s>`. With `cache_dir`, the
+    stream is stored as `<key>.npy` (key: files' contents + tokenizer) and reused next time.
+    """
+    paths = _check_files(files)
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"tokens-{corpus_key(paths, tokenizer)}.npy"
+        if cache.exists():
+            return np.load(cache, mmap_mode="r")
+    docs = [doc for p in paths for doc in read_documents(p)]
+    stream = encode_documents(docs, tokenizer, tokenizer.eos_token_id)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".tokens.", suffix=".npy")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, stream)
+        os.replace(tmp, cache)
+        logger.info("cached %d tokens of %d documents in %s", len(stream), len(docs), cache)
+    return stream
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "roberta" / "tokens"
+
+
+# ---- blocks and masking ----------------------------------------------------------------------------
+
+
+class Blocks:
+    """Block i = `<s>` + stream[i * (L - 1) : (i + 1) * (L - 1)], L = max_length; the last may be shorter."""
+
+    def __init__(self, stream: np.ndarray, max_length: int, bos_id: int):
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (<s> + one token), got {max_length}")
+        if len(stream) == 0:
+            raise ValueError("the corpus holds no tokens; are the files empty?")
+        self.stream, self.max_length, self.bos_id = stream, max_length, bos_id
+        self.span = max_length - 1
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.stream) / self.span)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        """(T,) int64, T <= max_length."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"block {i} out of range (0..{len(self) - 1})")
+        body = torch.from_numpy(np.asarray(self.stream[i * self.span : (i + 1) * self.span], dtype=np.int64))
+        return torch.cat([torch.tensor([self.bos_id]), body])
+
+
+@dataclass
+class Masker:
+    """RoBERTa's dynamic masking (see the module docstring)."""
+
+    mask_id: int
+    special_ids: torch.Tensor  # (S,) ids never chosen: <s> <pad> </s> <unk> <mask>
+    random_ids: torch.Tensor  # (R,) ids a chosen token may be replaced by
+    mask_prob: float = 0.15
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> Masker:
+        specials = sorted(
+            {tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id}
+            | {tokenizer.mask_token_id}
+        )
+        special = torch.tensor(specials)
+        ids = torch.arange(len(tokenizer))
+        return cls(tokenizer.mask_token_id, special, ids[~torch.isin(ids, special)])
+
+    def __call__(self, ids: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (T,) -> (input_ids (T,), labels (T,): the original id where chosen, -100 elsewhere)."""
+        candidate = ~torch.isin(ids, self.special_ids)  # (T,)
+        n = int(self.mask_prob * int(candidate.sum()) + float(torch.rand((), generator=generator)))
+        scores = torch.rand(ids.shape, generator=generator).masked_fill(~candidate, 2.0)
+        chosen = scores.argsort()[:n]  # n random candidate positions
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        labels[chosen] = ids[chosen]
+        u = torch.rand(n, generator=generator)
+        out = ids.clone()
+        out[chosen[u < 0.8]] = self.mask_id
+        swap = chosen[(u >= 0.8) & (u < 0.9)]
+        pick = torch.randint(len(self.random_ids), (len(swap),), generator=generator)
+        out[swap] = self.random_ids[pick]
+        return out, labels
+
+    def mask_block(self, ids: torch.Tensor, seed: int, epoch: int, index: int):
+        """Mask block `index` as seen in `epoch`: the same (seed, epoch, index) gives the same mask."""
+        return self(ids, torch.Generator().manual_seed(mix_seed(seed, epoch, index)))
+
+
+def collate(rows: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> Batch:
+    """[(input_ids (T_i,), labels (T_i,))] -> input_ids, attention_mask, labels: (B, T) padded."""
+    width = max(len(r[0]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = x, y, 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class MLMBatches(ShuffledBatches):
+    """Shuffled micro-batches of masked blocks; block order and masks depend on (seed, epoch)."""
+
+    def __init__(self, blocks: Blocks, batch_size: int, masker: Masker, pad_id: int, seed: int = 0):
+        self.blocks, self.masker, self.pad_id = blocks, masker, pad_id
+        super().__init__(len(blocks), batch_size, self._make, seed=seed)
+
+    def _make(self, indices: list[int], epoch: int) -> Batch:
+        rows = [self.masker.mask_block(self.blocks[i], self.seed, epoch, i) for i in indices]
+        return collate(rows, self.pad_id)
+
+
+def mlm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The pretraining loss: cross-entropy at the masked positions only (sparse logits)."""
+    return model(**batch, sparse_logits=True).loss
+
+
+# ---- evaluation ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_mlm(
+    model: RobertaForMaskedLM,
+    blocks: Blocks,
+    masker: Masker,
+    pad_id: int,
+    batch_size: int = 64,
+    seed: int = 1234,
+    max_blocks: int | None = None,
+) -> dict[str, float]:
+    """Masked-token loss, accuracy and perplexity over held-out blocks, masked with a fixed seed.
+
+    Returns {"loss": mean cross-entropy per masked token (nats), "accuracy": share of masked
+    tokens whose top-1 prediction is the original, "perplexity": exp(loss), "masked_tokens": count}.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n = len(blocks) if max_blocks is None else min(max_blocks, len(blocks))
+    loss_sum, correct, count = 0.0, 0, 0
+    for start in range(0, n, batch_size):
+        rows = [masker.mask_block(blocks[i], seed, 0, i) for i in range(start, min(n, start + batch_size))]
+        batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+        logits = model(**batch, sparse_logits=True).logits.float()  # (N, V)
+        target = batch["labels"][batch["labels"] != IGNORE_INDEX]  # (N,)
+        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(-1) == target).sum())
+        count += len(target)
+    model.train(was_training)
+    loss = loss_sum / max(1, count)
+    return {
+        "loss": loss,
+        "accuracy": correct / max(1, count),
+        "perplexity": math.exp(loss),
+        "masked_tokens": count,
+    }
+
+
+# ---- the whole recipe ------------------------------------------------------------------------------
+
+
+def build_model(config, tokenizer, seed: int) -> RobertaForMaskedLM:
+    """A freshly initialised MLM whose vocabulary is the tokenizer's (config.vocab_size is set to it)."""
+    if config.vocab_size != len(tokenizer):
+        logger.info("vocab_size %d -> %d (the tokenizer's)", config.vocab_size, len(tokenizer))
+        config.vocab_size = len(tokenizer)
+    if tokenizer.pad_token_id != config.pad_token_id:
+        raise ValueError(
+            f"tokenizer pad id {tokenizer.pad_token_id} != config pad_token_id {config.pad_token_id}"
+        )
+    torch.manual_seed(seed)
+    return RobertaForMaskedLM(config)
+
+
+def pretrain(
+    corpus: Sequence[str | os.PathLike],
+    tokenizer,
+    config,
+    cfg,
+    heldout: Sequence[str | os.PathLike] = (),
+    max_length: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    eval_blocks: int | None = 512,
+    resume: bool = False,
+):
+    """Pretrain a RobertaForMaskedLM from scratch on `corpus` (text files) with the shared loop.
+
+    Args:
+        tokenizer: a roberta.tokenizer.Tokenizer (its vocabulary sets config.vocab_size).
+        config: a RobertaConfig for the model; cfg: a TrainConfig (batch_size counts blocks).
+        heldout: text files for the periodic evaluation (loss, accuracy, perplexity on at most
+            `eval_blocks` blocks, fixed masks); none: no evaluation.
+        max_length: tokens per block (default and maximum: config.max_length).
+    Returns the TrainResult; the model is in cfg.out_dir/last (and the tokenizer beside it).
+    """
+    from roberta.train import train
+
+    max_length = max_length or config.max_length
+    if max_length > config.max_length:
+        raise ValueError(
+            f"max_length {max_length} exceeds what the position table holds ({config.max_length})"
+        )
+    model = build_model(config, tokenizer, cfg.seed)
+    masker = Masker.for_tokenizer(tokenizer)
+    blocks = Blocks(tokenize_corpus(corpus, tokenizer, cache_dir), max_length, tokenizer.bos_token_id)
+    data = MLMBatches(blocks, cfg.batch_size, masker, tokenizer.pad_token_id, seed=cfg.seed)
+    eval_fn = None
+    if heldout:
+        held = Blocks(tokenize_corpus(heldout, tokenizer, cache_dir), max_length, tokenizer.bos_token_id)
+
+        def eval_fn(m):
+            return evaluate_mlm(
+                m, held, masker, tokenizer.pad_token_id, cfg.batch_size, max_blocks=eval_blocks
+            )
+
+    logger.info("%d training blocks of %d tokens (%d tokens)", len(blocks), max_length, len(blocks.stream))
+    return train(model, data, cfg, eval_fn, mlm_loss, save_extra=tokenizer.save_pretrained, resume=resume)

@@ -1,0 +1,665 @@
+"""The one training loop: MLM pretraining and every fine-tuning task run through `train`.
+
+    source = ShuffledBatches(len(examples), batch_size=32, make_batch=collate, seed=0)
+    result = train(model, source, TrainConfig(out_dir="runs/x", max_steps=1000), eval_fn=evaluate)
+
+What it does, and where:
+  - AdamW, no weight decay on biases and LayerNorm weights; linear warmup then linear decay to 0
+    over the planned steps (`build_optimizer`, `build_scheduler`).
+  - Gradient accumulation, gradient clipping, bf16/fp16 autocast where the device supports it.
+  - Data is random access: micro-batch `i` of epoch `e` is `source.batch(e, i)`. Step `s` uses the
+    micro-batches `(s * A + a) * W + r` (A accumulation steps, W ranks, r this rank), so a resumed
+    run restarts at the exact batch, and `torchrun` with W ranks sees the same global batch as one
+    process with A = W micro-batches (`micro_batch_indices`).
+  - `out_dir/last/` and `out_dir/best/` are checkpoints in the HF layout (config.json +
+    model.safetensors) plus `trainer_state.pt` (optimizer, scheduler, step, RNG states), each written
+    into a temp folder and renamed into place (`save_checkpoint`), so a kill never leaves half of one.
+  - `out_dir/metrics.jsonl` (one JSON object per log or eval) and `out_dir/metrics.png` (curves).
+  - `torchrun`: the process group is set up from WORLD_SIZE/RANK (gloo on CPU, nccl on GPU); losses
+    and throughput are summed over ranks; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (the model's are in RobertaConfig). Steps count optimizer updates.
+
+    The global batch is batch_size x grad_accum x world size. Training stops at the first of
+    max_steps, max_epochs, max_minutes (wall clock) and early stopping; the learning-rate schedule
+    is laid over max_steps if set, else over max_epochs epochs.
+    """
+
+    out_dir: str
+    lr: float = 1e-4
+    batch_size: int = 32  # examples per micro-batch, per process
+    grad_accum: int = 1
+    max_steps: int | None = None
+    max_epochs: float | None = None
+    max_minutes: float | None = None
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    clip_norm: float | None = 1.0
+    eval_every: int | None = None  # steps; None: at the end of each epoch
+    save_every_minutes: float | None = 10.0  # also saved at every eval and at the end
+    log_every: int = 10
+    seed: int = 0
+    early_stopping_metric: str | None = None  # a key of eval_fn's dict, e.g. "accuracy"
+    early_stopping_mode: str = "max"  # "max": higher is better; "min": lower is better
+    patience: int | None = None  # evaluations without improvement before stopping
+    precision: str = "auto"  # "auto": bf16 on a GPU that has it, else fp32
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.max_epochs is None:
+            raise ValueError("set max_steps or max_epochs: the learning-rate schedule needs a length")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.early_stopping_mode not in ("max", "min"):
+            raise ValueError(f"early_stopping_mode must be 'max' or 'min', got {self.early_stopping_mode!r}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("batch_size and grad_accum must be at least 1")
+        self.betas = tuple(self.betas)
+
+
+class DataSource(Protocol):
+    """Random-access micro-batches: what `train` reads. `len` = micro-batches per epoch."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, epoch: int, index: int) -> Batch: ...
+
+
+class ShuffledBatches:
+    """Micro-batches over `num_items` examples, in a fresh order each epoch.
+
+    The order of epoch `e` is a permutation seeded by (seed, e); micro-batch `i` holds items
+    `order[i * batch_size : (i + 1) * batch_size]` (the last partial batch is dropped) and is
+    built by `make_batch(item_indices, epoch)` -> dict of tensors (e.g. input_ids (B, T)).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        make_batch: Callable[[list[int], int], Batch],
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
+        if num_items < batch_size:
+            raise ValueError(
+                f"{num_items} examples cannot fill one batch of {batch_size}; lower the batch size"
+            )
+        self.num_items, self.batch_size, self.make_batch = num_items, batch_size, make_batch
+        self.seed, self.shuffle = seed, shuffle
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return self.num_items // self.batch_size
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if self._order is None or self._order[0] != epoch:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+                perm = torch.randperm(self.num_items, generator=g)
+            else:
+                perm = torch.arange(self.num_items)
+            self._order = (epoch, perm)
+        return self._order[1]
+
+    def batch(self, epoch: int, index: int) -> Batch:
+        items = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.make_batch(items.tolist(), epoch)
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, e.g. (seed, epoch, index); distinct tuples give unrelated seeds."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:  # splitmix64 over the parts
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 29
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+# ---- distributed ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    """This process's place: rank r of `world` processes, and its device."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    """Join the `torchrun` process group when WORLD_SIZE > 1 (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    return Dist(rank, world, device)
+
+
+def all_sum(values: list[float], d: Dist) -> list[float]:
+    """Sum floats over ranks (identity with one process)."""
+    if d.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def micro_batch_indices(step_in_epoch: int, grad_accum: int, d: Dist) -> list[int]:
+    """The micro-batches this rank reads for one optimizer step: (s * A + a) * W + rank."""
+    return [(step_in_epoch * grad_accum + a) * d.world + d.rank for a in range(grad_accum)]
+
+
+# ---- optimizer and schedule ----------------------------------------------------------------------
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; biases and LayerNorm weights (all 1-d parameters) get no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warmup over warmup_ratio x total_steps, then linear decay to 0 at total_steps."""
+    warmup = max(1, round(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.max_epochs * steps_per_epoch))
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for cfg.precision on this device; None = full fp32."""
+    if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
+        return None
+    if cfg.precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    folder: Path,
+    model: nn.Module,
+    state: dict[str, Any],
+    save_extra: Callable[[Path], None] | None = None,
+) -> None:
+    """Write model (HF layout) + trainer_state.pt into `folder`, atomically.
+
+    Everything goes into a temp folder beside it; then the old folder is renamed aside, the new one
+    renamed into place, and the old one deleted. `recover_checkpoint` undoes a kill between the two
+    renames, so `folder` is always either the old or the new checkpoint, complete.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        if save_extra is not None:
+            save_extra(tmp)
+        torch.save(state, tmp / STATE_FILE)
+        old = folder.parent / f".{folder.name}.old"
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(folder, old)
+        os.rename(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def recover_checkpoint(folder: Path) -> Path | None:
+    """`folder` if it holds a checkpoint, after undoing an interrupted save; else None."""
+    folder = Path(folder)
+    old = folder.parent / f".{folder.name}.old"
+    if not folder.exists() and (old / STATE_FILE).exists():
+        os.rename(old, folder)  # killed between the two renames: the old checkpoint is whole
+    return folder if (folder / STATE_FILE).exists() else None
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---- metrics ---------------------------------------------------------------------------------------
+
+
+def append_metrics(out_dir: Path, record: dict[str, Any]) -> None:
+    with open(out_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(out_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def truncate_metrics(out_dir: Path, step: int) -> None:
+    """Drop records after `step` (written by a run that was killed before its next checkpoint)."""
+    keep = [r for r in read_metrics(out_dir) if r.get("step", 0) <= step]
+    text = "".join(json.dumps(r) + "\n" for r in keep)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".metrics.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, out_dir / METRICS_FILE)
+
+
+def plot_metrics(out_dir: str | os.PathLike) -> Path | None:
+    """Plot every numeric metric against the step into out_dir/metrics.png (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("matplotlib is not installed: no metrics.png (pip install matplotlib)")
+        return None
+    records = read_metrics(out_dir)
+    keys = sorted(
+        {k for r in records for k, v in r.items() if isinstance(v, (int, float))} - {"step", "epoch"}
+    )
+    keys = [k for k in keys if k not in ("elapsed_s", "tokens")]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    path = Path(out_dir) / "metrics.png"
+    tmp = path.with_name(".metrics.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# ---- the loop -------------------------------------------------------------------------------------
+
+
+def default_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The task models' loss: `model(**batch).loss` (the batch holds the labels)."""
+    return model(**batch).loss
+
+
+def count_tokens(batch: Batch) -> int:
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epoch: int
+    stopped_by: str  # "max_steps" | "max_epochs" | "max_minutes" | "early_stopping"
+    best_metric: float | None
+    last_eval: dict[str, float] | None
+    elapsed_s: float
+
+
+class Trainer:
+    """Runs `train`. Holds the model, optimizer, schedule and progress counters; small methods."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        source: DataSource,
+        cfg: TrainConfig,
+        eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+        loss_fn: Callable[[nn.Module, Batch], torch.Tensor] = default_loss,
+        save_extra: Callable[[Path], None] | None = None,
+    ):
+        self.cfg, self.source, self.eval_fn = cfg, source, eval_fn
+        self.loss_fn, self.save_extra = loss_fn, save_extra
+        self.dist = setup_distributed()
+        self.out = Path(cfg.out_dir)
+        self.steps_per_epoch = len(source) // (cfg.grad_accum * self.dist.world)
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"one optimizer step needs {cfg.grad_accum * self.dist.world} micro-batches "
+                f"(grad_accum x processes) but an epoch has {len(source)}; lower grad_accum or batch size"
+            )
+        self.total_steps = planned_steps(cfg, self.steps_per_epoch)
+        seed_everything(cfg.seed)
+        self.model = model.to(self.dist.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.warmup_ratio)
+        self.amp = autocast_dtype(cfg, self.dist.device)
+        self.scaler = torch.amp.GradScaler(enabled=self.amp is torch.float16)
+        self.ddp = self._wrap(self.model)
+        self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
+        self.best: float | None = None
+        self.bad_evals = 0
+        self.last_eval: dict[str, float] | None = None
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.dist.world == 1:
+            return model
+        ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        return {
+            "step": self.step,
+            "epoch": epoch,
+            "step_in_epoch": in_epoch,  # the data position: the next step reads micro_batch_indices(in_epoch)
+            "tokens": self.tokens,
+            "elapsed_s": self.elapsed(),
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_states(),
+            "world_size": self.dist.world,
+            "train_config": dataclasses.asdict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.tokens, self.elapsed_before = state["step"], state["tokens"], state["elapsed_s"]
+        self.best, self.bad_evals = state["best"], state["bad_evals"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_states(state["rng"])
+
+    def resume(self, folder: str | os.PathLike | None = None) -> bool:
+        """Load weights and trainer state from `folder` (default out_dir/last). False if none."""
+        found = recover_checkpoint(Path(folder) if folder else self.out / "last")
+        if found is None:
+            return False
+        from safetensors.torch import load_file
+
+        self.model.load_hf_state_dict(load_file(found / "model.safetensors"), source=str(found))
+        self.load_state_dict(torch.load(found / STATE_FILE, map_location="cpu", weights_only=False))
+        if self.dist.main:
+            truncate_metrics(self.out, self.step)
+        logger.info("resumed from %s at step %d", found, self.step)
+        return True
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self.started)
+
+    def save(self, name: str) -> None:
+        if self.dist.main:
+            save_checkpoint(self.out / name, self.model, self.state_dict(), self.save_extra)
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def micro_batches(self) -> Iterator[Batch]:
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        for i in micro_batch_indices(in_epoch, self.cfg.grad_accum, self.dist):
+            batch = self.source.batch(epoch, i)
+            yield {k: v.to(self.dist.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def train_step(self) -> tuple[float, int]:
+        """One optimizer update over grad_accum micro-batches; returns (mean loss, tokens) summed
+        over ranks (the loss is the mean of the micro-batch losses of every rank)."""
+        self.ddp.train()
+        loss_sum, tokens = 0.0, 0
+        for a, batch in enumerate(self.micro_batches()):
+            last = a == self.cfg.grad_accum - 1
+            sync = nullcontext() if last or self.dist.world == 1 else self.ddp.no_sync()
+            with sync, self._autocast():
+                loss = self.loss_fn(self.ddp, batch)
+            with sync:
+                self.scaler.scale(loss / self.cfg.grad_accum).backward()
+            loss_sum += float(loss.detach())
+            tokens += count_tokens(batch)
+        self._update()
+        loss_sum, tokens = all_sum([loss_sum, float(tokens)], self.dist)
+        return loss_sum / (self.cfg.grad_accum * self.dist.world), int(tokens)
+
+    def _autocast(self):
+        dtype = self.amp or torch.float32
+        return torch.autocast(self.dist.device.type, dtype, enabled=self.amp is not None)
+
+    def _update(self) -> None:
+        if self.cfg.clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+    # -- evaluation, stopping ------------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        """Run eval_fn (on every rank: each sees the whole eval set), log it, keep the best."""
+        self.model.eval()
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in self.eval_fn(self.model).items()}
+        self.last_eval = metrics
+        self._log({"eval_" + k: v for k, v in metrics.items()})
+        key = self.cfg.early_stopping_metric
+        if key is None:
+            return
+        if key not in metrics:
+            raise ValueError(f"early_stopping_metric {key!r} is not among the eval metrics {sorted(metrics)}")
+        value = metrics[key] if self.cfg.early_stopping_mode == "max" else -metrics[key]
+        if self.best is None or value > self.best:
+            self.best, self.bad_evals = value, 0
+            self.save("best")
+        else:
+            self.bad_evals += 1
+
+    def should_eval(self) -> bool:
+        if self.eval_fn is None:
+            return False
+        if self.cfg.eval_every:
+            return self.step % self.cfg.eval_every == 0
+        return self.step % self.steps_per_epoch == 0
+
+    def stop_reason(self) -> str | None:
+        cfg = self.cfg
+        if cfg.max_steps is not None and self.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_epochs is not None and self.step >= cfg.max_epochs * self.steps_per_epoch:
+            return "max_epochs"
+        if cfg.patience is not None and self.bad_evals >= cfg.patience:
+            return "early_stopping"
+        out_of_time = cfg.max_minutes is not None and self.elapsed() >= 60 * cfg.max_minutes
+        if all_sum([float(out_of_time)], self.dist)[0] > 0:  # every rank stops together
+            return "max_minutes"
+        return None
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.dist.main:
+            epoch = self.step / self.steps_per_epoch
+            append_metrics(self.out, {"step": self.step, "epoch": round(epoch, 4), **record})
+
+    # -- run -------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        self.started = time.monotonic()
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        bar = self._progress_bar()
+        last_save, window = time.monotonic(), _Window()
+        reason = self.stop_reason()
+        while reason is None:
+            loss, tokens = self.train_step()
+            self.tokens += tokens
+            window.add(loss, tokens)
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0:
+                self._log_train(window, bar)
+            if self.should_eval():
+                self.evaluate()
+            reason = self.stop_reason()
+            if reason is None and self._save_due(last_save):
+                self.save("last")
+                last_save = time.monotonic()
+        bar.close()
+        return self._finish(reason)
+
+    def _finish(self, reason: str) -> TrainResult:
+        if self.eval_fn is not None and (self.last_eval is None or not self.should_eval()):
+            self.evaluate()
+        self.save("last")
+        if self.dist.main:
+            plot_metrics(self.out)
+        epoch = self.step // self.steps_per_epoch
+        best = self.best
+        if best is not None and self.cfg.early_stopping_mode == "min":
+            best = -best
+        return TrainResult(self.step, epoch, reason, best, self.last_eval, self.elapsed())
+
+    def _save_due(self, last_save: float) -> bool:
+        minutes = self.cfg.save_every_minutes
+        return minutes is not None and time.monotonic() - last_save >= 60 * minutes
+
+    def _log_train(self, window: _Window, bar) -> None:
+        loss, tps = window.take()
+        lr = self.scheduler.get_last_lr()[0]
+        self._log(
+            {"loss": loss, "lr": lr, "tokens_per_s": tps, "tokens": self.tokens, "elapsed_s": self.elapsed()}
+        )
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}")
+        if self.dist.main and self.step % (self.cfg.log_every * 10) == 0:
+            plot_metrics(self.out)
+
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
+
+        limit = self.total_steps
+        if self.cfg.max_epochs is not None and self.cfg.max_steps is None:
+            limit = math.ceil(self.cfg.max_epochs * self.steps_per_epoch)
+        disable = not (self.cfg.progress and self.dist.main)
+        return tqdm(
+            total=limit, initial=self.step, desc="train", unit="step", disable=disable, dynamic_ncols=True
+        )
+
+
+class _Window:
+    """Mean loss and tokens/s since the last `take`."""
+
+    def __init__(self) -> None:
+        self.loss, self.n, self.tokens, self.t0 = 0.0, 0, 0, time.monotonic()
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.loss, self.n, self.tokens = self.loss + loss, self.n + 1, self.tokens + tokens
+
+    def take(self) -> tuple[float, float]:
+        now = time.monotonic()
+        out = (self.loss / max(1, self.n), self.tokens / max(1e-9, now - self.t0))
+        self.loss, self.n, self.tokens, self.t0 = 0.0, 0, 0, now
+        return out
+
+
+def train(
+    model: nn.Module,
+    source: DataSource,
+    cfg: TrainConfig,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor] = default_loss,
+    save_extra: Callable[[Path], None] | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train `model` on `source` under `cfg`; see the module docstring.
+
+    Args:
+        model: a PretrainedModel (saved with save_pretrained, reloaded by load_hf_state_dict).
+        source: random-access micro-batches (`len`, `batch(epoch, index)` -> dict of tensors).
+        eval_fn: model -> {"metric": value}; run every cfg.eval_every steps (else each epoch) and
+            at the end. Called with the model in eval mode under torch.no_grad().
+        loss_fn: (model, batch) -> scalar loss; default `model(**batch).loss`.
+        save_extra: writes more files into each checkpoint folder (e.g. the tokenizer).
+        resume: continue from out_dir/last if it exists (same data position, RNG and schedule).
+    """
+    trainer = Trainer(model, source, cfg, eval_fn, loss_fn, save_extra)
+    if resume:
+        trainer.resume()
+    return trainer.run()
