@@ -64,6 +64,137 @@ def run_encode(args) -> None:
     print("first values (token 0):", " ".join(f"{v:+.4f}" for v in result["first_values"]))
 
 
+# ---- tokenizer train ---------------------------------------------------------------------------
+
+
+def add_tokenizer(sub) -> None:
+    p = sub.add_parser("tokenizer", help="tokenizer tools")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    t = tsub.add_parser("train", help="train a byte-level BPE with RoBERTa's special tokens")
+    t.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files")
+    t.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, specials included")
+    t.add_argument("--min-frequency", type=int, default=2, help="fewest occurrences for a merge")
+    t.add_argument("--out", required=True, help="folder to write vocab.json, merges.txt, tokenizer.json")
+    t.set_defaults(func=run_tokenizer_train)
+
+
+def run_tokenizer_train(args) -> None:
+    from roberta.pretrain import _check_files
+    from roberta.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(_check_files(args.corpus), args.vocab_size, min_frequency=args.min_frequency)
+    folder = tok.save_pretrained(args.out)
+    print(f"tokenizer with {len(tok)} tokens written to {folder}")
+
+
+# ---- pretrain ----------------------------------------------------------------------------------
+
+
+def add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain a masked language model from scratch (RoBERTa's recipe)")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files to train on")
+    p.add_argument("--heldout", nargs="*", default=[], metavar="FILE", help="text files for evaluation")
+    p.add_argument("--config", default="small", help="small | base | a config.json (default: small)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder (see `roberta tokenizer train`)")
+    p.add_argument("--out", required=True, help="run folder: last/, best/, metrics.jsonl, metrics.png")
+    p.add_argument("--max-minutes", type=float, help="stop after this much wall-clock time")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (the schedule's length)")
+    p.add_argument("--epochs", type=float, help="passes over the corpus, if --max-steps is not given")
+    p.add_argument("--batch-size", type=int, default=64, help="blocks per micro-batch per process")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate")
+    p.add_argument("--warmup-ratio", type=float, default=0.06, help="share of steps spent warming up")
+    p.add_argument("--max-length", type=int, help="tokens per block (default: what the config holds)")
+    p.add_argument("--eval-every", type=int, default=500, help="evaluate on --heldout every N steps")
+    p.add_argument("--save-every-minutes", type=float, default=10.0, help="checkpoint interval")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--cache-dir", help="where tokenized corpora are cached (default ~/.cache/roberta/tokens)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
+    p.set_defaults(func=run_pretrain)
+
+
+def _config_arg(value: str):
+    from roberta.config import RobertaConfig
+
+    if value in ("small", "base"):
+        return getattr(RobertaConfig, value)()
+    return RobertaConfig.from_json_file(value)
+
+
+def run_pretrain(args) -> None:
+    from roberta.pretrain import default_cache_dir, pretrain
+    from roberta.tokenizer import Tokenizer
+    from roberta.train import TrainConfig
+
+    if args.max_steps is None and args.epochs is None:
+        raise ValueError("give --max-steps or --epochs: the learning-rate schedule needs a length")
+    cfg = TrainConfig(
+        out_dir=args.out,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_steps=args.max_steps,
+        max_epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        warmup_ratio=args.warmup_ratio,
+        eval_every=args.eval_every,
+        save_every_minutes=args.save_every_minutes,
+        precision=args.precision,
+        seed=args.seed,
+    )
+    tok = Tokenizer.from_pretrained(args.tokenizer)
+    result = pretrain(
+        args.corpus,
+        tok,
+        _config_arg(args.config),
+        cfg,
+        heldout=args.heldout,
+        max_length=args.max_length,
+        cache_dir=args.cache_dir or default_cache_dir(),
+        resume=args.resume,
+    )
+    print(json.dumps({"out": f"{args.out}/last", **{k: v for k, v in vars(result).items()}}))
+
+
+# ---- evaluate ----------------------------------------------------------------------------------
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a model on held-out data")
+    esub = p.add_subparsers(dest="evaluate_command", required=True, metavar="TASK")
+    add_evaluate_mlm(esub)
+
+
+def add_evaluate_mlm(esub) -> None:
+    p = esub.add_parser("mlm", help="masked-token loss, accuracy and perplexity on text files")
+    _model_arg(p)
+    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="held-out UTF-8 text files")
+    p.add_argument("--max-length", type=int, help="tokens per block (default: what the model holds)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1234, help="seed of the (fixed) masks")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_evaluate_mlm)
+
+
+def run_evaluate_mlm(args) -> None:
+    from roberta.heads import RobertaForMaskedLM
+    from roberta.pretrain import Blocks, Masker, evaluate_mlm, tokenize_corpus
+
+    tok, model = _load_model(args.model, RobertaForMaskedLM)
+    max_length = args.max_length or model.config.max_length
+    blocks = Blocks(tokenize_corpus(args.corpus, tok), max_length, tok.bos_token_id)
+    masker = Masker.for_tokenizer(tok)
+    metrics = evaluate_mlm(model, blocks, masker, tok.pad_token_id, args.batch_size, args.seed)
+    if args.json:
+        print(json.dumps(metrics))
+        return
+    print(f"masked tokens: {metrics['masked_tokens']}")
+    print(f"loss:       {metrics['loss']:.4f}")
+    print(f"accuracy:   {metrics['accuracy']:.4f}")
+    print(f"perplexity: {metrics['perplexity']:.2f}")
+
+
 # ---- main --------------------------------------------------------------------------------------
 
 
@@ -73,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_encode(sub)
+    add_tokenizer(sub)
+    add_pretrain(sub)
+    add_evaluate(sub)
     # (other commands are added here, one add_<name>(sub) call each)
     return parser
 
