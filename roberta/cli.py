@@ -164,6 +164,7 @@ def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model on held-out data")
     esub = p.add_subparsers(dest="evaluate_command", required=True, metavar="TASK")
     add_evaluate_mlm(esub)
+    add_evaluate_tasks(esub)
 
 
 def add_evaluate_mlm(esub) -> None:
@@ -195,222 +196,133 @@ def run_evaluate_mlm(args) -> None:
     print(f"perplexity: {metrics['perplexity']:.2f}")
 
 
-# ---- tasks: fill-mask, classify, ner, qa, embed ------------------------------------------------
+# ---- finetune, evaluate classify|ner|qa --------------------------------------------------------
 
 
-def _task_args(p: argparse.ArgumentParser, texts: bool = True) -> None:
-    """--model, --device, --batch-size, --json; with `texts`, the input: arguments, --file or --jsonl."""
-    if texts:
-        p.add_argument("text", nargs="*", help="the text(s) to read; or use --file / --jsonl")
-        p.add_argument("--file", help="a UTF-8 text file, one text per line")
-        p.add_argument("--jsonl", help="a JSON-lines file, one object per line (see --field)")
-        p.add_argument("--field", default="text", help="the --jsonl field holding the text (default: text)")
-    _model_arg(p)
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
-    p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
+def _table_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+    p.add_argument("--text-pair-column", help="column holding a second text, for pair tasks")
 
 
-def _jsonl_rows(path: str) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSON-lines file."""
-    from pathlib import Path
-
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n} is not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n} must hold a JSON object, got {type(row).__name__}")
-        rows.append((n, row))
-    return rows
-
-
-def _field(row: dict, name: str, path: str, n: int):
-    if name not in row:
-        raise ValueError(
-            f"{path}:{n} has no field {name!r} (it has {sorted(row)}); name the field with --field"
-        )
-    return row[name]
-
-
-def _read_texts(args) -> list[str]:
-    """The texts from exactly one source: arguments, --file (one per line) or --jsonl + --field."""
-    from pathlib import Path
-
-    if sum([bool(args.text), args.file is not None, args.jsonl is not None]) != 1:
-        raise ValueError(
-            "give the text(s) as arguments, or --file FILE, or --jsonl FILE: exactly one of them"
-        )
-    if args.text:
-        return args.text
-    if args.file is not None:
-        texts = [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not texts:
-            raise ValueError(f"{args.file} holds no text (no non-blank line)")
-        return texts
-    return [_field(row, args.field, args.jsonl, n) for n, row in _jsonl_rows(args.jsonl)]
+def add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a model: classify, ner, qa (and split-squad)")
+    fsub = p.add_subparsers(dest="finetune_command", required=True, metavar="TASK")
+    tasks = {
+        "classify": "label texts: TSV/CSV/JSONL with a text and a label column",
+        "ner": "tag words: CoNLL files (token first, IOB2 tag last, blank line between sentences)",
+        "qa": "extractive question answering: SQuAD v1.1 JSON",
+    }
+    for name, help_text in tasks.items():
+        t = fsub.add_parser(name, help=help_text)
+        t.add_argument("--train", required=True, metavar="FILE", help="training data")
+        t.add_argument("--dev", required=True, metavar="FILE", help="data scored at each evaluation")
+        _model_arg(t)
+        t.add_argument("--out", required=True, help="run folder: best/, last/, metrics.jsonl, metrics.png")
+        if name == "classify":
+            _table_args(t)
+        if name == "qa":
+            t.add_argument("--stride", type=int, help="window overlap in tokens (default max_length/8)")
+        _finetune_train_args(t)
+        t.set_defaults(func=run_finetune)
+    s = fsub.add_parser("split-squad", help="split a SQuAD file by article into train and dev files")
+    s.add_argument("squad", metavar="FILE", help="SQuAD v1.1 JSON")
+    s.add_argument("--fraction", type=float, default=0.8, help="share of articles (first ones) for train")
+    s.add_argument("--train-out", required=True, metavar="FILE")
+    s.add_argument("--dev-out", required=True, metavar="FILE")
+    s.set_defaults(func=run_split_squad)
 
 
-def _short(text: str, width: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _finetune_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=float, default=3.0, help="passes over the training data (default 3)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps instead of --epochs")
+    p.add_argument("--max-minutes", type=float, help="stop after this much wall-clock time")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per micro-batch per process")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--max-length", type=int, help="tokens per input (default: what the model holds)")
+    p.add_argument("--eval-every", type=int, help="evaluate every N steps (default: each epoch)")
+    p.add_argument("--patience", type=int, help="stop after N evaluations without a better dev score")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_fill_mask(sub) -> None:
-    p = sub.add_parser("fill-mask", help="predict the word at each <mask> of a text")
-    _task_args(p)
-    p.add_argument("--top-k", type=int, default=5, help="predictions per mask (default: 5)")
-    p.set_defaults(func=run_fill_mask)
+def run_finetune(args) -> None:
+    from roberta import finetune
+    from roberta.train import TrainConfig
 
-
-def run_fill_mask(args) -> None:
-    from roberta.predict import FillMask
-
-    texts = _read_texts(args)
-    results = FillMask.from_pretrained(args.model, device=args.device).fill_mask(
-        texts, args.top_k, args.batch_size
-    )
-    for text, result in zip(texts, results):
-        per_mask = result if isinstance(result[0], list) else [result]
-        if args.json:
-            print(json.dumps({"text": text, "masks": per_mask}, ensure_ascii=False))
-            continue
-        print(_short(text))
-        for m, predictions in enumerate(per_mask):
-            print(f"  {f'<mask> #{m + 1}':10} {'score':>8}  {'token':15}  sequence")
-            for p in predictions:
-                print(f"  {'':10} {p['score']:8.4f}  {p['token_str'].strip()!r:15}  {_short(p['sequence'])}")
-
-
-def add_classify(sub) -> None:
-    p = sub.add_parser("classify", help="label texts with a sequence-classification model")
-    _task_args(p)
-    p.set_defaults(func=run_classify)
-
-
-def run_classify(args) -> None:
-    from roberta.predict import Classifier
-
-    texts = _read_texts(args)
-    results = Classifier.from_pretrained(args.model, device=args.device).classify(texts, args.batch_size)
-    if not args.json:
-        print(f"{'label':20}  {'score':>8}  text")
-    for text, r in zip(texts, results):
-        if args.json:
-            print(json.dumps({"text": text, **r}, ensure_ascii=False))
-        elif "labels" in r:  # multi-label: every label over 0.5
-            print(f"{','.join(r['labels']) or '(none)':20}  {max(r['scores'].values()):8.4f}  {_short(text)}")
-        elif "label" in r:
-            print(f"{r['label']:20}  {r['score']:8.4f}  {_short(text)}")
-        else:  # several regression outputs
-            values = " ".join(f"{k}={v:.4f}" for k, v in r["scores"].items())
-            print(f"{values:30}  {_short(text)}")
-
-
-def add_ner(sub) -> None:
-    p = sub.add_parser("ner", help="find named entities (a token-classification model)")
-    _task_args(p)
-    p.set_defaults(func=run_ner)
-
-
-def run_ner(args) -> None:
-    from roberta.predict import Tagger
-
-    texts = _read_texts(args)
-    results = Tagger.from_pretrained(args.model, device=args.device).tag(texts, args.batch_size)
-    for text, entities in zip(texts, results):
-        if args.json:
-            print(json.dumps({"text": text, "entities": entities}, ensure_ascii=False))
-            continue
-        print(_short(text))
-        for e in entities:
-            print(f"  {e['entity']:8} {e['score']:.4f}  {e['start']:>5}-{e['end']:<5}  {e['word']}")
-        if not entities:
-            print("  (no entities)")
-
-
-def add_qa(sub) -> None:
-    p = sub.add_parser("qa", help="answer a question from a context (extractive question answering)")
-    p.add_argument("--question", help="the question")
-    p.add_argument("--context", help="the text that holds the answer")
-    p.add_argument("--context-file", help="read the context from this UTF-8 file instead")
-    p.add_argument("--jsonl", help="a JSON-lines file of objects with 'question' and 'context' fields")
-    p.add_argument("--top-k", type=int, default=1, help="answers per question (default: 1)")
-    p.add_argument("--max-answer-len", type=int, default=30, help="longest answer in tokens (default: 30)")
-    p.add_argument("--max-length", type=int, help="tokens per window (default: min(384, the model's))")
-    p.add_argument(
-        "--doc-stride", type=int, help="tokens shared by windows (default: min(max-length/2, 128))"
-    )
-    _task_args(p, texts=False)
-    p.set_defaults(func=run_qa)
-
-
-def _read_questions(args) -> tuple[list[str], list[str]]:
-    from pathlib import Path
-
-    if args.jsonl is not None:
-        if args.question or args.context or args.context_file:
-            raise ValueError("give either --jsonl FILE or --question with --context/--context-file, not both")
-        rows = _jsonl_rows(args.jsonl)
-        questions = [_field(r, "question", args.jsonl, n) for n, r in rows]
-        return questions, [_field(r, "context", args.jsonl, n) for n, r in rows]
-    if args.question is None or (args.context is None) == (args.context_file is None):
-        raise ValueError("give --question and one of --context TEXT or --context-file FILE (or --jsonl FILE)")
-    context = (
-        args.context if args.context is not None else Path(args.context_file).read_text(encoding="utf-8")
-    )
-    return [args.question], [context]
-
-
-def run_qa(args) -> None:
-    from roberta.predict import QuestionAnswerer
-
-    questions, contexts = _read_questions(args)
-    results = QuestionAnswerer.from_pretrained(args.model, device=args.device).answer(
-        questions,
-        contexts,
-        top_k=args.top_k,
-        max_answer_len=args.max_answer_len,
-        doc_stride=args.doc_stride,
-        max_length=args.max_length,
+    cfg = TrainConfig(
+        out_dir=args.out,
+        lr=args.lr,
         batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_steps=args.max_steps,
+        max_epochs=None if args.max_steps else args.epochs,
+        max_minutes=args.max_minutes,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        seed=args.seed,
+        progress=not args.no_progress,
     )
-    for question, answers in zip(questions, results):
-        answers = answers if isinstance(answers, list) else [answers]
-        if args.json:
-            print(json.dumps({"question": question, "answers": answers}, ensure_ascii=False))
-            continue
-        print(f"Q: {_short(question)}")
-        for a in answers:
-            print(f"  {a['score']:.4f}  chars {a['start']}-{a['end']}  {a['answer']}")
+    common = dict(max_length=args.max_length, resume=args.resume)
+    if args.finetune_command == "classify":
+        result = finetune.finetune_classifier(
+            args.train, args.dev, args.model, cfg, text_column=args.text_column,
+            label_column=args.label_column, text_pair_column=args.text_pair_column, **common,
+        )  # fmt: skip
+    elif args.finetune_command == "ner":
+        result = finetune.finetune_ner(args.train, args.dev, args.model, cfg, **common)
+    else:
+        result = finetune.finetune_qa(args.train, args.dev, args.model, cfg, stride=args.stride, **common)
+    print(json.dumps({"best": f"{args.out}/best", "last": f"{args.out}/last", **vars(result)}))
 
 
-def add_embed(sub) -> None:
-    p = sub.add_parser("embed", help="one vector per text (mean or <s> pooling of the last layer)")
-    _task_args(p)
-    p.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="default: mean")
-    p.add_argument("--no-normalize", action="store_true", help="keep the raw length (default: unit vectors)")
-    p.set_defaults(func=run_embed)
+def run_split_squad(args) -> None:
+    from roberta.finetune import split_squad
+
+    n_train, n_dev = split_squad(args.squad, args.fraction, args.train_out, args.dev_out)
+    print(f"{n_train} articles -> {args.train_out}, {n_dev} articles -> {args.dev_out}")
 
 
-def run_embed(args) -> None:
-    from roberta.predict import Embedder
+def add_evaluate_tasks(esub) -> None:
+    tasks = {
+        "classify": "accuracy and macro-F1 on a labelled TSV/CSV/JSONL table",
+        "ner": "entity precision, recall and F1 (seqeval's convention) on a CoNLL file",
+        "qa": "SQuAD exact match and F1 on a SQuAD v1.1 JSON file",
+    }
+    for name, help_text in tasks.items():
+        p = esub.add_parser(name, help=help_text)
+        p.add_argument("--model", required=True, help="a fine-tuned checkpoint folder (e.g. OUT/best)")
+        p.add_argument("--data", required=True, metavar="FILE", help="labelled data to score")
+        if name == "classify":
+            _table_args(p)
+        if name == "qa":
+            p.add_argument("--stride", type=int, help="window overlap in tokens (default max_length/8)")
+        p.add_argument("--max-length", type=int, help="tokens per input (default: what the model holds)")
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=run_evaluate_task)
 
-    texts = _read_texts(args)
-    vectors = Embedder.from_pretrained(args.model, device=args.device).embed(
-        texts, pooling=args.pooling, normalize=not args.no_normalize, batch_size=args.batch_size
-    )  # (N, C)
-    if not args.json:
-        print(f"{len(texts)} x {vectors.shape[1]} embeddings ({args.pooling} pooling)")
-    for text, v in zip(texts, vectors.tolist()):
-        if args.json:
-            print(json.dumps({"text": text, "embedding": v}, ensure_ascii=False))
-        else:
-            print(f"  [{' '.join(f'{x:+.3f}' for x in v[:4])} …]  {_short(text)}")
+
+def run_evaluate_task(args) -> None:
+    from roberta import finetune
+
+    common = dict(max_length=args.max_length, batch_size=args.batch_size)
+    if args.evaluate_command == "classify":
+        metrics = finetune.evaluate_classifier(
+            args.model, args.data, text_column=args.text_column, label_column=args.label_column,
+            text_pair_column=args.text_pair_column, **common,
+        )  # fmt: skip
+    elif args.evaluate_command == "ner":
+        metrics = finetune.evaluate_ner(args.model, args.data, **common)
+    else:
+        metrics = finetune.evaluate_qa(args.model, args.data, stride=args.stride, **common)
+    if args.json:
+        print(json.dumps(metrics))
+        return
+    for key, value in metrics.items():
+        print(f"{key + ':':<12}{value:.4f}")
 
 
 # ---- main --------------------------------------------------------------------------------------
@@ -425,11 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tokenizer(sub)
     add_pretrain(sub)
     add_evaluate(sub)
-    add_fill_mask(sub)
-    add_classify(sub)
-    add_ner(sub)
-    add_qa(sub)
-    add_embed(sub)
+    add_finetune(sub)
     # (other commands are added here, one add_<name>(sub) call each)
     return parser
 

@@ -1,0 +1,750 @@
+"""Fine-tuning: read a task's data, turn it into model inputs, train with `roberta.train`, evaluate.
+
+Three tasks, one shape each:
+
+    classification   TSV / CSV / JSONL rows, columns named by the caller  -> RobertaForSequenceClassification
+    NER              CoNLL files (a token and its IOB2 tag per line)       -> RobertaForTokenClassification
+    extractive QA    SQuAD v1.1 JSON                                       -> RobertaForQuestionAnswering
+
+    result = finetune_classifier("train.tsv", "dev.tsv", "roberta-small-books",
+                                 TrainConfig(out_dir="runs/sst2", max_epochs=3, lr=1e-4),
+                                 text_column="sentence", label_column="label")
+    evaluate_classifier("runs/sst2/best", "dev.tsv", text_column="sentence")  # {"accuracy", "macro_f1"}
+
+Everything that can be wrong with the data (a missing column, a label the training data never
+showed, an empty file, a broken JSON line, more labels than the model's head has) is found and
+reported before training starts. Labels are read from the training data and stored in the
+model's config as `id2label`, so a checkpoint knows its own labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from roberta.config import RobertaConfig, write_text_atomic
+from roberta.heads import (
+    IGNORE_INDEX,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+)
+from roberta.hub import MODEL_FILES, resolve
+from roberta.metrics import accuracy, entity_scores, macro_f1, squad_scores
+from roberta.tokenizer import Tokenizer
+from roberta.train import Batch, ShuffledBatches, TrainConfig, TrainResult, seed_everything, train
+
+Feature = dict[str, Any]  # model inputs of one example: input_ids (list of T ints) + its labels
+MAX_ANSWER_TOKENS = 30  # the longest answer span QA decoding considers, as in the SQuAD baselines
+
+# ---- reading: classification tables --------------------------------------------------------------
+
+
+@dataclass
+class TextExample:
+    """One row: a text (or a text pair) and its label, with the line it came from."""
+
+    text: str
+    text_pair: str | None
+    label: str
+    line: int
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) for each row of a .tsv, .csv or .jsonl file; the first line of a
+    .tsv/.csv names the columns. TSV fields are taken literally (no quoting), as in GLUE."""
+    text = _read_text(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return _read_jsonl(path, text)
+    if suffix not in (".tsv", ".csv"):
+        raise ValueError(f"{path}: unknown table format {suffix!r}; use .tsv, .csv or .jsonl")
+    if suffix == ".tsv":
+        reader = csv.DictReader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.DictReader(text.splitlines())
+    rows = [(reader.line_num, row) for row in reader]
+    if not rows:
+        raise ValueError(f"{path} has a header line but no rows")
+    return rows
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ValueError(f"{path} is empty")
+    return text
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path} line {n} is not valid JSON ({e.msg}); each line must be one JSON object"
+            ) from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {n} holds a {type(row).__name__}, not a JSON object")
+        rows.append((n, row))
+    return rows
+
+
+def read_table(
+    path: str | os.PathLike, text_column: str, label_column: str, text_pair_column: str | None = None
+) -> list[TextExample]:
+    """Read a classification table (.tsv, .csv or .jsonl); labels are kept as strings.
+
+    Raises ValueError naming the columns that exist when a named column is missing, and the line
+    of any row whose text or label is empty.
+    """
+    path = Path(path)
+    rows = _read_rows(path)
+    wanted = [c for c in (text_column, text_pair_column, label_column) if c is not None]
+    for line, row in rows:
+        missing = [c for c in wanted if c not in row]
+        if missing:
+            raise ValueError(
+                f"{path} line {line} has no column {missing[0]!r} (columns: {', '.join(map(str, row))}); "
+                "name the right ones with --text-column / --label-column / --text-pair-column"
+            )
+    examples = []
+    for line, row in rows:
+        for c in wanted:
+            if row[c] is None or str(row[c]).strip() == "":
+                raise ValueError(f"{path} line {line}: column {c!r} is empty")
+        pair = str(row[text_pair_column]) if text_pair_column else None
+        examples.append(TextExample(str(row[text_column]), pair, str(row[label_column]).strip(), line))
+    return examples
+
+
+# ---- reading: CoNLL and SQuAD --------------------------------------------------------------------
+
+
+@dataclass
+class TaggedSentence:
+    """A sentence of a CoNLL file: its words and their IOB2 tags; `line` = its first line."""
+
+    words: list[str]
+    tags: list[str]
+    line: int
+
+
+def read_conll(path: str | os.PathLike) -> list[TaggedSentence]:
+    """Read a CoNLL file: one token per line, the token first and its tag last (CoNLL-2003 has
+    POS and chunk columns between them); a blank line ends a sentence; `-DOCSTART-` is skipped."""
+    path = Path(path)
+    sentences: list[TaggedSentence] = []
+    words: list[str] = []
+    tags: list[str] = []
+    for n, line in enumerate([*_read_text(path).splitlines(), ""], start=1):
+        fields = line.split()
+        if fields and fields[0] == "-DOCSTART-":
+            continue
+        if not fields:
+            if words:
+                sentences.append(TaggedSentence(words, tags, n - len(words)))
+            words, tags = [], []
+            continue
+        if len(fields) < 2:
+            raise ValueError(f"{path} line {n}: expected a token and its tag, got {line!r}")
+        words.append(fields[0])
+        tags.append(fields[-1])
+    if not sentences:
+        raise ValueError(f"{path} holds no sentences")
+    return sentences
+
+
+@dataclass
+class QaExample:
+    """One SQuAD question: the answers' texts and character starts in `context`."""
+
+    id: str
+    question: str
+    context: str
+    answers: list[str]
+    answer_starts: list[int]
+
+
+def _load_squad(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise ValueError(f"{path} is not SQuAD JSON: expected an object with a 'data' list of articles")
+    return data["data"]
+
+
+def read_squad(path: str | os.PathLike) -> list[QaExample]:
+    """Read SQuAD v1.1 JSON (articles -> paragraphs -> questions). Every question needs an answer
+    whose text sits at its `answer_start` in the context (unanswerable questions are not supported)."""
+    path = Path(path)
+    examples = []
+    try:
+        for article in _load_squad(path):
+            for paragraph in article["paragraphs"]:
+                context = paragraph["context"]
+                for qa in paragraph["qas"]:
+                    examples.append(_qa_example(path, qa, context))
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not SQuAD v1.1 JSON: missing or malformed field {e}") from None
+    if not examples:
+        raise ValueError(f"{path} holds no questions")
+    return examples
+
+
+def _qa_example(path: Path, qa: dict[str, Any], context: str) -> QaExample:
+    answers = [a["text"] for a in qa["answers"]]
+    starts = [int(a["answer_start"]) for a in qa["answers"]]
+    if not answers:
+        raise ValueError(
+            f"{path}: question {qa['id']!r} has no answer (SQuAD v2 unanswerables are not supported)"
+        )
+    for text, start in zip(answers, starts):
+        if context[start : start + len(text)] != text:
+            raise ValueError(
+                f"{path}: question {qa['id']!r}: answer {text!r} is not at character {start} of its context"
+            )
+    return QaExample(str(qa["id"]), qa["question"], context, answers, starts)
+
+
+def split_squad(
+    path: str | os.PathLike, fraction: float, train_out: str | os.PathLike, dev_out: str | os.PathLike
+) -> tuple[int, int]:
+    """Write the first `fraction` of a SQuAD file's articles (in file order) to `train_out` and the
+    rest to `dev_out` (each atomically); returns the two article counts. No question's context is
+    in both files, since a paragraph belongs to one article."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+    articles = _load_squad(Path(path))
+    cut = round(fraction * len(articles))
+    if cut == 0 or cut == len(articles):
+        raise ValueError(f"{path} has {len(articles)} articles: a {fraction} split leaves one side empty")
+    for out, part in ((train_out, articles[:cut]), (dev_out, articles[cut:])):
+        write_text_atomic(Path(out), json.dumps({"version": "1.1", "data": part}))
+    return cut, len(articles) - cut
+
+
+# ---- labels ----------------------------------------------------------------------------------------
+
+
+def label_list(labels: Iterable[str]) -> list[str]:
+    """The distinct labels, sorted (numerically when they are all integers: "2" before "10")."""
+    distinct = set(labels)
+    if all(s.lstrip("-").isdigit() for s in distinct):
+        return sorted(distinct, key=int)
+    return sorted(distinct)
+
+
+def check_labels(found: Iterable[tuple[str, int]], label2id: dict[str, int], path: str | os.PathLike) -> None:
+    """Raise if a (label, line) is not among the known labels, naming it, its line and the known ones."""
+    for label, line in found:
+        if label not in label2id:
+            raise ValueError(
+                f"{path} line {line}: label {label!r} is not among the labels the model knows "
+                f"({', '.join(label2id)}); they come from the training data"
+            )
+
+
+def architectures(model: str | os.PathLike) -> list[str]:
+    """The model classes a checkpoint's config.json says it holds (its heads), e.g.
+    ["RobertaForSequenceClassification"]; [] when it does not say."""
+    path = resolve(model, MODEL_FILES) / "config.json"
+    try:
+        found = json.loads(path.read_text(encoding="utf-8")).get("architectures")
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path} could not be read ({e})") from None
+    return list(found or [])
+
+
+def fit_labels(model: str | os.PathLike, cls: type[nn.Module], labels: list[str]) -> dict[int, str]:
+    """The id2label to train with: `labels` in order, or, if `model` already has a `cls` head, that
+    head's own order — which must hold exactly these labels, else ValueError (they do not fit)."""
+    config = RobertaConfig.from_json_file(resolve(model, MODEL_FILES) / "config.json")
+    if cls.__name__ not in architectures(model):
+        return dict(enumerate(labels))  # no head of this kind yet: a fresh one is made for these labels
+    have = list((config.id2label or {i: f"LABEL_{i}" for i in range(config.num_labels)}).values())
+    if sorted(have) != sorted(labels):
+        raise ValueError(
+            f"the model {model} has a {cls.__name__} head with num_labels {len(have)} ({', '.join(have)}) "
+            f"but the training data has {len(labels)} labels ({', '.join(labels)}); start from a model "
+            "without this head (e.g. the pretrained encoder) or use data with the head's labels"
+        )
+    return dict(config.id2label)
+
+
+def _model_labels(model: nn.Module) -> dict[str, int]:
+    if model.config.id2label is None:
+        raise ValueError("the model's config has no id2label: was it fine-tuned with `roberta finetune`?")
+    return model.config.label2id
+
+
+# ---- features --------------------------------------------------------------------------------------
+
+
+def _max_length(tokenizer: Tokenizer, config: RobertaConfig, max_length: int | None) -> int:
+    """The caller's max_length, else what the model's position table holds; never more."""
+    limit = min(config.max_length, tokenizer.model_max_length)
+    if max_length is None:
+        return limit
+    if not 8 <= max_length <= limit:
+        raise ValueError(f"max_length must be between 8 and {limit} (the model's limit), got {max_length}")
+    return max_length
+
+
+def classification_features(
+    tokenizer: Tokenizer, examples: Sequence[TextExample], label2id: dict[str, int], max_length: int
+) -> list[Feature]:
+    """Tokenize each text (pair), truncated to max_length tokens: {"input_ids": [T ints], "labels": id}."""
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    return [{"input_ids": ids, "labels": label2id[e.label]} for ids, e in zip(enc["input_ids"], examples)]
+
+
+def ner_features(
+    tokenizer: Tokenizer, sentences: Sequence[TaggedSentence], label2id: dict[str, int], max_length: int
+) -> tuple[list[Feature], list[list[int]]]:
+    """Tokenize the words (each as if after a space) and put each word's label on its first
+    sub-token, -100 on the other sub-tokens and on <s>, </s>.
+
+    Returns the features {"input_ids": [T], "labels": [T]} and, per sentence, the token position of
+    each word's first sub-token (words cut off by truncation have none: evaluation predicts "O").
+    """
+    enc = tokenizer(
+        [s.words for s in sentences], is_split_into_words=True, truncation=True, max_length=max_length
+    )
+    features, firsts = [], []
+    for i, sentence in enumerate(sentences):
+        labels, first, previous = [], [], None
+        for t, word in enumerate(enc.word_ids(i)):
+            if word is None or word == previous:
+                labels.append(IGNORE_INDEX)
+            else:
+                labels.append(label2id[sentence.tags[word]])
+                first.append(t)
+            previous = word
+        features.append({"input_ids": enc["input_ids"][i], "labels": labels})
+        firsts.append(first)
+    return features, firsts
+
+
+@dataclass
+class QaWindow:
+    """Where a QA feature came from: its example, and each token's (start, end) characters in the
+    context (None for question, special and padding tokens)."""
+
+    example: int
+    offsets: list[tuple[int, int] | None]
+
+
+def qa_features(
+    tokenizer: Tokenizer, examples: Sequence[QaExample], max_length: int, stride: int
+) -> tuple[list[Feature], list[QaWindow]]:
+    """`<s> question </s></s> context window </s>` rows: contexts too long for max_length are cut
+    into windows that overlap by `stride` tokens; questions are cut to half of max_length.
+
+    Each feature has input_ids and start_positions / end_positions: the first answer's first and
+    last token, or 0 (`<s>`) when the window does not hold the whole answer.
+    """
+    if not 0 <= stride < max_length // 4:
+        raise ValueError(f"stride must be between 0 and {max_length // 4 - 1} for max_length {max_length}")
+    questions = [_cut_question(tokenizer, e.question, max_length // 2) for e in examples]
+    enc = tokenizer(
+        questions,
+        [e.context for e in examples],
+        truncation="only_second",
+        max_length=max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
+    features, windows = [], []
+    for row, ids in enumerate(enc["input_ids"]):
+        i = enc["overflow_to_sample_mapping"][row]
+        offsets = [
+            tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][row], enc.sequence_ids(row))
+        ]
+        start, end = answer_tokens(offsets, examples[i].answer_starts[0], examples[i].answers[0])
+        features.append({"input_ids": ids, "start_positions": start, "end_positions": end})
+        windows.append(QaWindow(i, offsets))
+    return features, windows
+
+
+def _cut_question(tokenizer: Tokenizer, question: str, max_tokens: int) -> str:
+    """The question, cut after its first max_tokens tokens (so the context always has room)."""
+    enc = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)
+    if len(enc["input_ids"]) <= max_tokens:
+        return question
+    return question[: enc["offset_mapping"][max_tokens - 1][1]]
+
+
+def answer_tokens(offsets: Sequence[tuple[int, int] | None], start_char: int, answer: str) -> tuple[int, int]:
+    """The first and last token whose characters overlap answer = context[start_char : start_char +
+    len(answer)], given each token's context offsets (None outside the context); (0, 0) when the
+    answer is not wholly inside these tokens."""
+    end_char = start_char + len(answer)
+    inside = [t for t, o in enumerate(offsets) if o is not None]
+    if not inside or offsets[inside[0]][0] > start_char or offsets[inside[-1]][1] < end_char:
+        return 0, 0
+    first = next(t for t in inside if offsets[t][1] > start_char)
+    last = next(t for t in reversed(inside) if offsets[t][0] < end_char)
+    return first, last
+
+
+def pad_batch(features: Sequence[Feature], pad_id: int) -> Batch:
+    """Stack features into tensors padded to the longest: input_ids (B, T) padded with pad_id,
+    attention_mask (B, T) with 1 = real token, list labels (B, T) padded with -100, scalars (B,)."""
+    T = max(len(f["input_ids"]) for f in features)
+    batch = {"input_ids": torch.full((len(features), T), pad_id, dtype=torch.long)}  # (B, T)
+    batch["attention_mask"] = torch.zeros(len(features), T, dtype=torch.long)  # (B, T)
+    for key in features[0]:
+        if key != "input_ids" and isinstance(features[0][key], list):
+            batch[key] = torch.full((len(features), T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        elif key != "input_ids":
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)  # (B,)
+    for b, f in enumerate(features):
+        n = len(f["input_ids"])
+        batch["input_ids"][b, :n] = torch.tensor(f["input_ids"])
+        batch["attention_mask"][b, :n] = 1
+        for key, value in f.items():
+            if key != "input_ids" and isinstance(value, list):
+                batch[key][b, :n] = torch.tensor(value)
+    return batch
+
+
+def _check_iob2(sentences: Sequence[TaggedSentence], path: str | os.PathLike) -> None:
+    for s in sentences:
+        for k, tag in enumerate(s.tags):
+            if tag != "O" and not (len(tag) > 2 and tag[:2] in ("B-", "I-")):
+                raise ValueError(
+                    f"{path} line {s.line + k}: tag {tag!r} is not IOB2 ('O', 'B-<type>' or 'I-<type>')"
+                )
+
+
+# ---- evaluation ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, features: Sequence[Feature], batch_size: int, pad_id: int):
+    """Run the model over features in order, batch by batch; yields each batch's output."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(features), batch_size):
+        batch = pad_batch([{"input_ids": f["input_ids"]} for f in features[i : i + batch_size]], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        yield model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    model.train(was_training)
+
+
+def classification_scores(
+    model: nn.Module, features: Sequence[Feature], batch_size: int = 32, pad_id: int = 1
+) -> dict[str, float]:
+    """Accuracy and macro-F1 of the model's argmax label against each feature's "labels"."""
+    predicted = [
+        p for out in _outputs(model, features, batch_size, pad_id) for p in out.logits.argmax(-1).tolist()
+    ]
+    gold = [f["labels"] for f in features]
+    return {"accuracy": accuracy(predicted, gold), "macro_f1": macro_f1(predicted, gold)}
+
+
+def ner_scores(
+    model: nn.Module,
+    features: Sequence[Feature],
+    firsts: Sequence[Sequence[int]],
+    sentences: Sequence[TaggedSentence],
+    batch_size: int = 32,
+    pad_id: int = 1,
+) -> dict[str, float]:
+    """Entity precision/recall/F1: each word's tag is the model's argmax at its first sub-token;
+    words cut off by truncation are tagged "O"; the gold tags are the file's, for every word."""
+    id2label = model.config.id2label
+    predicted: list[list[str]] = []
+    for out in _outputs(model, features, batch_size, pad_id):
+        for row in out.logits.argmax(-1).tolist():  # (T,) label ids
+            k = len(predicted)
+            tags = [id2label[row[t]] for t in firsts[k]]
+            predicted.append(tags + ["O"] * (len(sentences[k].words) - len(tags)))
+    return entity_scores([s.tags for s in sentences], predicted)
+
+
+def best_span(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    in_context: torch.Tensor,
+    max_tokens: int = MAX_ANSWER_TOKENS,
+) -> tuple[float, int, int]:
+    """The (score, first, last) token span with the highest start + end logit, both inside the
+    context, first <= last < first + max_tokens. start_logits, end_logits, in_context: (T,)."""
+    T = start_logits.size(0)
+    scores = start_logits[:, None] + end_logits[None, :]  # (T, T): [first, last]
+    i = torch.arange(T, device=scores.device)
+    ok = (
+        (i[None, :] >= i[:, None])
+        & (i[None, :] < i[:, None] + max_tokens)
+        & in_context[:, None]
+        & in_context[None, :]
+    )
+    if not ok.any():
+        return float("-inf"), 0, 0
+    best = scores.masked_fill(~ok, float("-inf")).flatten().argmax().item()
+    return float(scores.flatten()[best]), best // T, best % T
+
+
+def qa_predictions(
+    model: nn.Module,
+    features: Sequence[Feature],
+    windows: Sequence[QaWindow],
+    examples: Sequence[QaExample],
+    batch_size: int = 32,
+    pad_id: int = 1,
+) -> dict[str, str]:
+    """Question id -> predicted answer: the best-scoring span over all of the question's windows,
+    cut from the context by the span's character offsets."""
+    best: dict[int, tuple[float, str]] = {}
+    k = 0
+    for out in _outputs(model, features, batch_size, pad_id):
+        for start, end in zip(out.start_logits.float(), out.end_logits.float()):  # (T,) each
+            w = windows[k]
+            k += 1
+            in_context = torch.tensor(
+                [o is not None for o in w.offsets] + [False] * (start.size(0) - len(w.offsets))
+            )
+            score, first, last = best_span(start.cpu(), end.cpu(), in_context)
+            if first == 0 and last == 0 or score <= best.get(w.example, (float("-inf"), ""))[0]:
+                continue
+            text = examples[w.example].context[w.offsets[first][0] : w.offsets[last][1]]
+            best[w.example] = (score, text)
+    return {e.id: best.get(i, (0.0, ""))[1] for i, e in enumerate(examples)}
+
+
+def qa_scores(model, features, windows, examples, batch_size: int = 32, pad_id: int = 1) -> dict[str, float]:
+    """SQuAD exact match and F1 (percent) of `qa_predictions` against every gold answer."""
+    predictions = qa_predictions(model, features, windows, examples, batch_size, pad_id)
+    return squad_scores(predictions, {e.id: e.answers for e in examples})
+
+
+# ---- fine-tuning runs ----------------------------------------------------------------------------------
+
+
+def _train(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    features: list[Feature],
+    cfg: TrainConfig,
+    eval_fn: Callable[[nn.Module], dict[str, float]],
+    metric: str,
+    resume: bool,
+) -> TrainResult:
+    """Train on shuffled, padded batches of features; checkpoints carry the tokenizer, and
+    out_dir/best is the checkpoint with the best `metric` on the dev set (unless cfg names another)."""
+    pad = tokenizer.pad_token_id
+
+    def make_batch(items: list[int], epoch: int) -> Batch:
+        return pad_batch([features[i] for i in items], pad)
+
+    source = ShuffledBatches(len(features), cfg.batch_size, make_batch, seed=cfg.seed)
+    if cfg.early_stopping_metric is None:
+        cfg.early_stopping_metric = metric
+    return train(model, source, cfg, eval_fn=eval_fn, save_extra=TokenizerFiles(tokenizer), resume=resume)
+
+
+class TokenizerFiles:
+    """Writes the tokenizer into each checkpoint folder (`save_extra`): serialised on the first
+    call, then its files' bytes are copied, since serialising a 50k vocabulary takes seconds."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.files: dict[str, bytes] | None = None
+
+    def __call__(self, folder: Path) -> None:
+        if self.files is None:
+            before = set(os.listdir(folder))
+            self.tokenizer.save_pretrained(folder)
+            self.files = {name: (folder / name).read_bytes() for name in set(os.listdir(folder)) - before}
+            return
+        for name, data in self.files.items():
+            (folder / name).write_bytes(data)
+
+
+def finetune_classifier(
+    train_file: str | os.PathLike,
+    dev_file: str | os.PathLike,
+    model: str | os.PathLike,
+    cfg: TrainConfig,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    text_pair_column: str | None = None,
+    max_length: int | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Fine-tune `model` (a folder, built-in name or Hub id) to classify the rows of a table.
+
+    Labels come from the training file (sorted; stored as id2label); the dev file is scored
+    (accuracy, macro-F1) every cfg.eval_every steps or each epoch. max_length: tokens per input,
+    default the model's limit. resume: continue from cfg.out_dir/last.
+    """
+    columns = (text_column, label_column, text_pair_column)
+    train_rows, dev_rows = read_table(train_file, *columns), read_table(dev_file, *columns)
+    id2label = fit_labels(model, RobertaForSequenceClassification, label_list(e.label for e in train_rows))
+    label2id = {v: k for k, v in id2label.items()}
+    check_labels(((e.label, e.line) for e in dev_rows), label2id, dev_file)
+    tokenizer = Tokenizer.from_pretrained(model)
+    seed_everything(cfg.seed)  # the new head's initial weights
+    net = RobertaForSequenceClassification.from_pretrained(model, id2label=id2label)
+    length = _max_length(tokenizer, net.config, max_length)
+    train_f = classification_features(tokenizer, train_rows, label2id, length)
+    dev_f = classification_features(tokenizer, dev_rows, label2id, length)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        return classification_scores(m, dev_f, cfg.batch_size, tokenizer.pad_token_id)
+
+    return _train(net, tokenizer, train_f, cfg, eval_fn, "accuracy", resume)
+
+
+def finetune_ner(
+    train_file: str | os.PathLike,
+    dev_file: str | os.PathLike,
+    model: str | os.PathLike,
+    cfg: TrainConfig,
+    *,
+    max_length: int | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Fine-tune `model` to tag words, on CoNLL files (IOB2 tags, read from the training file);
+    the dev file is scored by entity precision/recall/F1 (seqeval's convention)."""
+    train_s, dev_s = read_conll(train_file), read_conll(dev_file)
+    _check_iob2(train_s, train_file)
+    _check_iob2(dev_s, dev_file)
+    id2label = fit_labels(
+        model, RobertaForTokenClassification, label_list(t for s in train_s for t in s.tags)
+    )
+    label2id = {v: k for k, v in id2label.items()}
+    check_labels(((t, s.line + k) for s in dev_s for k, t in enumerate(s.tags)), label2id, dev_file)
+    tokenizer = Tokenizer.from_pretrained(model)
+    seed_everything(cfg.seed)
+    net = RobertaForTokenClassification.from_pretrained(model, id2label=id2label)
+    length = _max_length(tokenizer, net.config, max_length)
+    train_f, _ = ner_features(tokenizer, train_s, label2id, length)
+    dev_f, dev_firsts = ner_features(tokenizer, dev_s, label2id, length)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        return ner_scores(m, dev_f, dev_firsts, dev_s, cfg.batch_size, tokenizer.pad_token_id)
+
+    return _train(net, tokenizer, train_f, cfg, eval_fn, "f1", resume)
+
+
+def finetune_qa(
+    train_file: str | os.PathLike,
+    dev_file: str | os.PathLike,
+    model: str | os.PathLike,
+    cfg: TrainConfig,
+    *,
+    max_length: int | None = None,
+    stride: int | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Fine-tune `model` for extractive QA on SQuAD v1.1 JSON; the dev file is scored by SQuAD exact
+    match and F1. stride: tokens shared by consecutive context windows (default max_length // 8)."""
+    train_ex, dev_ex = read_squad(train_file), read_squad(dev_file)
+    tokenizer = Tokenizer.from_pretrained(model)
+    seed_everything(cfg.seed)
+    net = RobertaForQuestionAnswering.from_pretrained(model, num_labels=2, id2label=None)
+    length = _max_length(tokenizer, net.config, max_length)
+    stride = length // 8 if stride is None else stride
+    train_f, _ = qa_features(tokenizer, train_ex, length, stride)
+    dev_f, dev_windows = qa_features(tokenizer, dev_ex, length, stride)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        return qa_scores(m, dev_f, dev_windows, dev_ex, cfg.batch_size, tokenizer.pad_token_id)
+
+    return _train(net, tokenizer, train_f, cfg, eval_fn, "f1", resume)
+
+
+# ---- evaluating a fine-tuned model ---------------------------------------------------------------------
+
+
+def _load_finetuned(model: str | os.PathLike, cls, device: str | torch.device | None):
+    """The tokenizer and `cls` model of a fine-tuned checkpoint; ValueError if it has no such head."""
+    found = architectures(model)
+    if cls.__name__ not in found:
+        raise ValueError(
+            f"{model} is not a {cls.__name__} checkpoint (its config.json names {found or 'no architecture'}); "
+            "evaluate the folder `roberta finetune` wrote (OUT/best or OUT/last)"
+        )
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return Tokenizer.from_pretrained(model), cls.from_pretrained(model, device=device)
+
+
+def evaluate_classifier(
+    model: str | os.PathLike,
+    data_file: str | os.PathLike,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    text_pair_column: str | None = None,
+    max_length: int | None = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Accuracy and macro-F1 of a fine-tuned classifier on a labelled table."""
+    tokenizer, net = _load_finetuned(model, RobertaForSequenceClassification, device)
+    rows = read_table(data_file, text_column, label_column, text_pair_column)
+    label2id = _model_labels(net)
+    check_labels(((e.label, e.line) for e in rows), label2id, data_file)
+    features = classification_features(
+        tokenizer, rows, label2id, _max_length(tokenizer, net.config, max_length)
+    )
+    return classification_scores(net, features, batch_size, tokenizer.pad_token_id)
+
+
+def evaluate_ner(
+    model: str | os.PathLike,
+    data_file: str | os.PathLike,
+    *,
+    max_length: int | None = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Entity precision, recall and F1 of a fine-tuned tagger on a CoNLL file."""
+    tokenizer, net = _load_finetuned(model, RobertaForTokenClassification, device)
+    sentences = read_conll(data_file)
+    _check_iob2(sentences, data_file)
+    label2id = _model_labels(net)
+    check_labels(((t, s.line + k) for s in sentences for k, t in enumerate(s.tags)), label2id, data_file)
+    length = _max_length(tokenizer, net.config, max_length)
+    features, firsts = ner_features(tokenizer, sentences, label2id, length)
+    return ner_scores(net, features, firsts, sentences, batch_size, tokenizer.pad_token_id)
+
+
+def evaluate_qa(
+    model: str | os.PathLike,
+    data_file: str | os.PathLike,
+    *,
+    max_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """SQuAD exact match and F1 (percent) of a fine-tuned QA model on a SQuAD v1.1 file."""
+    tokenizer, net = _load_finetuned(model, RobertaForQuestionAnswering, device)
+    examples = read_squad(data_file)
+    length = _max_length(tokenizer, net.config, max_length)
+    features, windows = qa_features(tokenizer, examples, length, length // 8 if stride is None else stride)
+    return qa_scores(net, features, windows, examples, batch_size, tokenizer.pad_token_id)
