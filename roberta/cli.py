@@ -325,6 +325,224 @@ def run_evaluate_task(args) -> None:
         print(f"{key + ':':<12}{value:.4f}")
 
 
+# ---- tasks: fill-mask, classify, ner, qa, embed ------------------------------------------------
+
+
+def _task_args(p: argparse.ArgumentParser, texts: bool = True) -> None:
+    """--model, --device, --batch-size, --json; with `texts`, the input: arguments, --file or --jsonl."""
+    if texts:
+        p.add_argument("text", nargs="*", help="the text(s) to read; or use --file / --jsonl")
+        p.add_argument("--file", help="a UTF-8 text file, one text per line")
+        p.add_argument("--jsonl", help="a JSON-lines file, one object per line (see --field)")
+        p.add_argument("--field", default="text", help="the --jsonl field holding the text (default: text)")
+    _model_arg(p)
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
+
+
+def _jsonl_rows(path: str) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file."""
+    from pathlib import Path
+
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n} is not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n} must hold a JSON object, got {type(row).__name__}")
+        rows.append((n, row))
+    return rows
+
+
+def _field(row: dict, name: str, path: str, n: int):
+    if name not in row:
+        raise ValueError(
+            f"{path}:{n} has no field {name!r} (it has {sorted(row)}); name the field with --field"
+        )
+    return row[name]
+
+
+def _read_texts(args) -> list[str]:
+    """The texts from exactly one source: arguments, --file (one per line) or --jsonl + --field."""
+    from pathlib import Path
+
+    if sum([bool(args.text), args.file is not None, args.jsonl is not None]) != 1:
+        raise ValueError(
+            "give the text(s) as arguments, or --file FILE, or --jsonl FILE: exactly one of them"
+        )
+    if args.text:
+        return args.text
+    if args.file is not None:
+        texts = [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not texts:
+            raise ValueError(f"{args.file} holds no text (no non-blank line)")
+        return texts
+    return [_field(row, args.field, args.jsonl, n) for n, row in _jsonl_rows(args.jsonl)]
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def add_fill_mask(sub) -> None:
+    p = sub.add_parser("fill-mask", help="predict the word at each <mask> of a text")
+    _task_args(p)
+    p.add_argument("--top-k", type=int, default=5, help="predictions per mask (default: 5)")
+    p.set_defaults(func=run_fill_mask)
+
+
+def run_fill_mask(args) -> None:
+    from roberta.predict import FillMask
+
+    texts = _read_texts(args)
+    results = FillMask.from_pretrained(args.model, device=args.device).fill_mask(
+        texts, args.top_k, args.batch_size
+    )
+    for text, result in zip(texts, results):
+        per_mask = result if isinstance(result[0], list) else [result]
+        if args.json:
+            print(json.dumps({"text": text, "masks": per_mask}, ensure_ascii=False))
+            continue
+        print(_short(text))
+        for m, predictions in enumerate(per_mask):
+            print(f"  {f'<mask> #{m + 1}':10} {'score':>8}  {'token':15}  sequence")
+            for p in predictions:
+                print(f"  {'':10} {p['score']:8.4f}  {p['token_str'].strip()!r:15}  {_short(p['sequence'])}")
+
+
+def add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="label texts with a sequence-classification model")
+    _task_args(p)
+    p.set_defaults(func=run_classify)
+
+
+def run_classify(args) -> None:
+    from roberta.predict import Classifier
+
+    texts = _read_texts(args)
+    results = Classifier.from_pretrained(args.model, device=args.device).classify(texts, args.batch_size)
+    if not args.json:
+        print(f"{'label':20}  {'score':>8}  text")
+    for text, r in zip(texts, results):
+        if args.json:
+            print(json.dumps({"text": text, **r}, ensure_ascii=False))
+        elif "labels" in r:  # multi-label: every label over 0.5
+            print(f"{','.join(r['labels']) or '(none)':20}  {max(r['scores'].values()):8.4f}  {_short(text)}")
+        elif "label" in r:
+            print(f"{r['label']:20}  {r['score']:8.4f}  {_short(text)}")
+        else:  # several regression outputs
+            values = " ".join(f"{k}={v:.4f}" for k, v in r["scores"].items())
+            print(f"{values:30}  {_short(text)}")
+
+
+def add_ner(sub) -> None:
+    p = sub.add_parser("ner", help="find named entities (a token-classification model)")
+    _task_args(p)
+    p.set_defaults(func=run_ner)
+
+
+def run_ner(args) -> None:
+    from roberta.predict import Tagger
+
+    texts = _read_texts(args)
+    results = Tagger.from_pretrained(args.model, device=args.device).tag(texts, args.batch_size)
+    for text, entities in zip(texts, results):
+        if args.json:
+            print(json.dumps({"text": text, "entities": entities}, ensure_ascii=False))
+            continue
+        print(_short(text))
+        for e in entities:
+            print(f"  {e['entity']:8} {e['score']:.4f}  {e['start']:>5}-{e['end']:<5}  {e['word']}")
+        if not entities:
+            print("  (no entities)")
+
+
+def add_qa(sub) -> None:
+    p = sub.add_parser("qa", help="answer a question from a context (extractive question answering)")
+    p.add_argument("--question", help="the question")
+    p.add_argument("--context", help="the text that holds the answer")
+    p.add_argument("--context-file", help="read the context from this UTF-8 file instead")
+    p.add_argument("--jsonl", help="a JSON-lines file of objects with 'question' and 'context' fields")
+    p.add_argument("--top-k", type=int, default=1, help="answers per question (default: 1)")
+    p.add_argument("--max-answer-len", type=int, default=30, help="longest answer in tokens (default: 30)")
+    p.add_argument("--max-length", type=int, help="tokens per window (default: min(384, the model's))")
+    p.add_argument(
+        "--doc-stride", type=int, help="tokens shared by windows (default: min(max-length/2, 128))"
+    )
+    _task_args(p, texts=False)
+    p.set_defaults(func=run_qa)
+
+
+def _read_questions(args) -> tuple[list[str], list[str]]:
+    from pathlib import Path
+
+    if args.jsonl is not None:
+        if args.question or args.context or args.context_file:
+            raise ValueError("give either --jsonl FILE or --question with --context/--context-file, not both")
+        rows = _jsonl_rows(args.jsonl)
+        questions = [_field(r, "question", args.jsonl, n) for n, r in rows]
+        return questions, [_field(r, "context", args.jsonl, n) for n, r in rows]
+    if args.question is None or (args.context is None) == (args.context_file is None):
+        raise ValueError("give --question and one of --context TEXT or --context-file FILE (or --jsonl FILE)")
+    context = (
+        args.context if args.context is not None else Path(args.context_file).read_text(encoding="utf-8")
+    )
+    return [args.question], [context]
+
+
+def run_qa(args) -> None:
+    from roberta.predict import QuestionAnswerer
+
+    questions, contexts = _read_questions(args)
+    results = QuestionAnswerer.from_pretrained(args.model, device=args.device).answer(
+        questions,
+        contexts,
+        top_k=args.top_k,
+        max_answer_len=args.max_answer_len,
+        doc_stride=args.doc_stride,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+    )
+    for question, answers in zip(questions, results):
+        answers = answers if isinstance(answers, list) else [answers]
+        if args.json:
+            print(json.dumps({"question": question, "answers": answers}, ensure_ascii=False))
+            continue
+        print(f"Q: {_short(question)}")
+        for a in answers:
+            print(f"  {a['score']:.4f}  chars {a['start']}-{a['end']}  {a['answer']}")
+
+
+def add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="one vector per text (mean or <s> pooling of the last layer)")
+    _task_args(p)
+    p.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="default: mean")
+    p.add_argument("--no-normalize", action="store_true", help="keep the raw length (default: unit vectors)")
+    p.set_defaults(func=run_embed)
+
+
+def run_embed(args) -> None:
+    from roberta.predict import Embedder
+
+    texts = _read_texts(args)
+    vectors = Embedder.from_pretrained(args.model, device=args.device).embed(
+        texts, pooling=args.pooling, normalize=not args.no_normalize, batch_size=args.batch_size
+    )  # (N, C)
+    if not args.json:
+        print(f"{len(texts)} x {vectors.shape[1]} embeddings ({args.pooling} pooling)")
+    for text, v in zip(texts, vectors.tolist()):
+        if args.json:
+            print(json.dumps({"text": text, "embedding": v}, ensure_ascii=False))
+        else:
+            print(f"  [{' '.join(f'{x:+.3f}' for x in v[:4])} …]  {_short(text)}")
+
+
 # ---- main --------------------------------------------------------------------------------------
 
 
@@ -338,6 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain(sub)
     add_evaluate(sub)
     add_finetune(sub)
+    add_fill_mask(sub)
+    add_classify(sub)
+    add_ner(sub)
+    add_qa(sub)
+    add_embed(sub)
     # (other commands are added here, one add_<name>(sub) call each)
     return parser
 
