@@ -325,6 +325,66 @@ def run_evaluate_task(args) -> None:
         print(f"{key + ':':<12}{value:.4f}")
 
 
+# ---- attention, explain ------------------------------------------------------------------------
+
+
+def add_attention(sub) -> None:
+    p = sub.add_parser("attention", help="draw a model's attention: an HTML head view or PNG heatmaps")
+    p.add_argument("text")
+    p.add_argument("--pair", help="a second text, encoded as a pair: <s> text </s></s> pair </s>")
+    _model_arg(p)
+    p.add_argument("--out", required=True, help="FILE.html (interactive head view) or FILE.png (heatmaps)")
+    p.add_argument("--layer", type=int, help="0-based layer; PNG: default all layers, HTML: the one shown first")
+    p.add_argument("--head", type=int, help="0-based head; PNG: default all heads, HTML: the one shown first")
+    p.set_defaults(func=run_attention)
+
+
+def run_attention(args) -> None:
+    from roberta.visualize import model_attentions, save_attention
+
+    tok, model = _load_model(args.model)
+    attentions, tokens = model_attentions(model, tok, args.text, args.pair)
+    title = args.text if args.pair is None else f"{args.text}  |  {args.pair}"
+    path = save_attention(args.out, attentions, tokens, layer=args.layer, head=args.head, title=title)
+    L, nh = len(attentions), attentions[0].shape[1]
+    print(f"attention of {len(tokens)} tokens ({L} layers x {nh} heads) written to {path}")
+
+
+def add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="multi-head self-attention step by step, every number computed")
+    p.add_argument("text", nargs="?", help="default: 'The quick brown fox jumps over the lazy dog'")
+    p.add_argument("--seed", type=int, default=0, help="seed of the toy example's weights (default: 0)")
+    p.add_argument("--weights", metavar="FILE", help="JSON weights for the toy example (see --save-weights)")
+    p.add_argument("--save-weights", metavar="FILE", help="write the toy example's weights as JSON, to edit")
+    p.add_argument("--model", help="explain a layer of this model instead of the toy example")
+    p.add_argument("--layer", type=int, help="with --model: the 0-based layer (default: 0)")
+    p.add_argument("--json", action="store_true", help="every step at full precision, as JSON")
+    p.set_defaults(func=run_explain)
+
+
+def run_explain(args) -> None:
+    from roberta import explain
+
+    text = explain.TOY_TEXT if args.text is None else args.text
+    if args.model is None:
+        if args.layer is not None:
+            raise ValueError("--layer needs --model: the toy example has a single attention layer")
+        given = explain.load_weights(args.weights) if args.weights else None
+        expl = explain.toy_example(text, seed=args.seed, weights=given)
+        if args.save_weights:
+            weights = given or explain.toy_weights(explain.toy_words(text), args.seed)
+            print(f"weights written to {explain.save_weights(args.save_weights, weights)}", file=sys.stderr)
+    else:
+        if args.weights or args.save_weights:
+            raise ValueError("--weights and --save-weights are for the toy example; drop them or --model")
+        tok, model = _load_model(args.model)
+        expl = explain.layer_example(model, tok, text, args.layer or 0)
+    if args.json:
+        print(json.dumps(explain.explanation_json(expl)))
+    else:
+        print(explain.format_explanation(expl), end="")
+
+
 # ---- tasks: fill-mask, classify, ner, qa, embed ------------------------------------------------
 
 
@@ -556,6 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain(sub)
     add_evaluate(sub)
     add_finetune(sub)
+    add_attention(sub)
+    add_explain(sub)
     add_fill_mask(sub)
     add_classify(sub)
     add_ner(sub)

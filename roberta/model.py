@@ -136,11 +136,16 @@ def attention_weights(
 
     Padding keys get weight exactly 0; each query's weights over the real keys sum to 1.
     """
+    weights = attention_scores(q, k, mask).softmax(dim=-1)  # (B, nh, T, T)
+    return F.dropout(weights, p=dropout_p) @ v, weights
+
+
+def attention_scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """QKᵀ/√d_k before the softmax, (B, nh, T, T); padding keys (mask False) get -inf."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, T)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    weights = scores.softmax(dim=-1)
-    return F.dropout(weights, p=dropout_p) @ v, weights
+    return scores
 
 
 class FeedForward(nn.Module):

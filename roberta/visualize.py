@@ -1,0 +1,365 @@
+"""Pictures of attention: a PNG heatmap (one head, or a grid of layers x heads) and an HTML head view.
+
+`model(ids, mask, output_attentions=True).attentions` is a tuple of L tensors (B, nh, T, T): row i
+of head h says how much token i (the query) attends to each token j (the keys); each row sums to 1
+over the real tokens. The helpers here take that tuple and the T token labels:
+
+    attentions, tokens = model_attentions(model, tokenizer, "The cat sat.")
+    save_attention("cat.html", attentions, tokens)          # or cat.png
+    save_attention("cat.png", attentions, tokens, layer=3, head=1)
+
+Padding (attention_mask 0) is dropped before drawing; inputs longer than `max_tokens` are cut to
+their first `max_tokens` tokens for display, and the figure's title says so. The HTML page is one
+file with its data, script and styles inline: it opens offline, in any browser.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MAX_DISPLAY_TOKENS = 64
+SPECIAL_TOKENS = frozenset({"<s>", "</s>", "<pad>", "<unk>", "<mask>"})
+
+
+@dataclass
+class AttentionMaps:
+    """One sequence's attention, ready to draw: weights (L, nh, T, T), T token labels, and a note
+    ("" or what was left out for display)."""
+
+    weights: np.ndarray
+    tokens: list[str]
+    note: str = ""
+
+
+def prepare(
+    attentions: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    tokens: list[str],
+    attention_mask: torch.Tensor | None = None,
+    batch_index: int = 0,
+    max_tokens: int = MAX_DISPLAY_TOKENS,
+) -> AttentionMaps:
+    """Pick one sequence of a batch, drop its padding, cut it to `max_tokens` for display.
+
+    Args:
+        attentions: L tensors (B, nh, T, T), as `output_attentions=True` returns them.
+        tokens: the T labels of sequence `batch_index` (padding included if the batch has any).
+        attention_mask: (B, T), 1 = real token; padding positions are removed. None: all real.
+        batch_index: which sequence of the batch to show.
+        max_tokens: the most tokens to draw; longer inputs keep their first `max_tokens`.
+    """
+    if attentions is None or len(attentions) == 0 or any(a is None for a in attentions):
+        raise ValueError("no attention weights: run the model with output_attentions=True")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    weights = torch.stack([a[batch_index] for a in attentions]).detach().float().cpu()  # (L, nh, T, T)
+    T = weights.shape[-1]
+    if len(tokens) != T:
+        raise ValueError(f"got {len(tokens)} token labels for attention over {T} tokens")
+    tokens = [str(t) for t in tokens]
+    if attention_mask is not None:
+        keep = attention_mask[batch_index].bool().cpu()  # (T,)
+        weights = weights[:, :, keep][:, :, :, keep]
+        tokens = [t for t, k in zip(tokens, keep.tolist()) if k]
+    n, note = len(tokens), ""
+    if n > max_tokens:
+        weights, tokens = weights[:, :, :max_tokens, :max_tokens], tokens[:max_tokens]
+        note = f"showing the first {max_tokens} of {n} tokens"
+    return AttentionMaps(weights.numpy(), tokens, note)
+
+
+@torch.no_grad()
+def model_attentions(
+    model: Any, tokenizer: Any, text: str, text_pair: str | None = None
+) -> tuple[tuple[torch.Tensor, ...], list[str]]:
+    """Run `model` (a RobertaModel) on one text (or pair) and return (attentions, token labels).
+
+    attentions: L tensors (1, nh, T, T). The text is truncated to what the model's positions hold.
+    """
+    model.eval()
+    batch = tokenizer(
+        text, text_pair, truncation=True, max_length=model.config.max_length, return_tensors="pt"
+    )
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True)
+    return out.attentions, token_labels(tokenizer, batch["input_ids"][0].tolist())
+
+
+def token_labels(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Readable labels: each id decoded on its own, spaces trimmed ("Ġfox" -> "fox"); "␣" for a space."""
+    labels = []
+    for i in ids:
+        text = tokenizer.decode([i])
+        labels.append(text.strip() or ("␣" if text else tokenizer.convert_ids_to_tokens(i)))
+    return labels
+
+
+def _index(value: int | None, n: int, what: str) -> list[int]:
+    """[value] after a range check, or all of 0..n-1 when value is None."""
+    if value is None:
+        return list(range(n))
+    if not 0 <= value < n:
+        raise ValueError(f"{what} must be in 0..{n - 1} (the model has {n} {what}s), got {value}")
+    return [value]
+
+
+def save_attention(
+    path: str | os.PathLike,
+    attentions: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    tokens: list[str],
+    layer: int | None = None,
+    head: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    title: str = "Attention",
+    max_tokens: int = MAX_DISPLAY_TOKENS,
+) -> Path:
+    """Write `path` as a PNG (see `save_attention_png`) or an HTML head view (`save_attention_html`),
+    by its suffix. Arguments as in `prepare`; layer/head are 0-based."""
+    suffix = Path(path).suffix.lower()
+    maps = prepare(attentions, tokens, attention_mask, max_tokens=max_tokens)
+    if suffix == ".png":
+        return save_attention_png(path, maps, layer, head, title)
+    if suffix in (".html", ".htm"):
+        return save_attention_html(path, maps, layer or 0, head or 0, title)
+    raise ValueError(f"cannot tell the format of {str(path)!r}: name the file .png or .html")
+
+
+# ---- PNG ----------------------------------------------------------------------------------------
+
+
+def save_attention_png(
+    path: str | os.PathLike,
+    maps: AttentionMaps,
+    layer: int | None = None,
+    head: int | None = None,
+    title: str = "",
+) -> Path:
+    """Write `attention_figure(maps, layer, head, title)` as a PNG, atomically; returns the path."""
+    fig = attention_figure(maps, layer, head, title)
+    return _write_atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+
+
+def attention_figure(
+    maps: AttentionMaps, layer: int | None = None, head: int | None = None, title: str = ""
+) -> Any:
+    """Heatmaps of `maps` (see `prepare`) as a matplotlib Figure: one head when both layer and head
+    are given, else a grid of the chosen layers (rows) x heads (columns); None means all. The
+    figure grows with the number of tokens; the title carries the truncation note, if any."""
+    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
+
+    L, nh, T, _ = maps.weights.shape
+    layers, heads = _index(layer, L, "layer"), _index(head, nh, "head")
+    title += f"\n({maps.note})" if maps.note else ""
+    if len(layers) == len(heads) == 1:
+        side = float(np.clip(0.28 * T + 2.0, 4.0, 24.0))  # inches
+        fig = Figure(figsize=(side + 1.5, side + 1.0), layout="constrained")
+        ax = fig.subplots()
+        _heatmap(ax, maps.weights[layers[0], heads[0]], maps.tokens, True, True, fontsize=9 if T <= 32 else 6)
+        ax.set(
+            title=f"layer {layers[0]} head {heads[0]}", xlabel="attends to (keys)", ylabel="token (queries)"
+        )
+        fig.colorbar(ax.images[0], ax=ax, shrink=0.8, label="attention weight")
+        fig.suptitle(title, fontsize=12)
+        return fig
+    # a grid: no layout engine (slow for 144 panels); fixed margins in inches instead
+    cell, labels = float(np.clip(0.06 * T + 1.0, 1.2, 3.5)), T <= 20
+    margin, top, gap = (0.8 if labels else 0.2), 0.65 + 0.2 * title.count("\n"), (0.1, 0.35)  # inches
+    W = cell * len(heads) + gap[0] * (len(heads) - 1) + margin + 0.2
+    H = cell * len(layers) + gap[1] * (len(layers) - 1) + margin + top
+    fig = Figure(figsize=(W, H))
+    fig.subplots_adjust(margin / W, margin / H, 1 - 0.2 / W, 1 - top / H, gap[0] / cell, gap[1] / cell)
+    axes = fig.subplots(len(layers), len(heads), squeeze=False)
+    for r, li in enumerate(layers):
+        for c, h in enumerate(heads):
+            left, bottom = labels and c == 0, labels and r == len(layers) - 1
+            _heatmap(axes[r][c], maps.weights[li, h], maps.tokens, left, bottom, fontsize=5)
+            axes[r][c].set_title(f"layer {li} head {h}", fontsize=7)
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / H, va="top")
+    return fig
+
+
+def _heatmap(ax: Any, w: np.ndarray, tokens: list[str], left: bool, bottom: bool, fontsize: float) -> None:
+    """One head's (T, T) weights: queries down the side (labelled if `left`), keys along the bottom
+    (labelled if `bottom`); colours from 0 to the head's largest weight."""
+    T = len(tokens)
+    ax.imshow(w, cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-9), interpolation="nearest")
+    ax.set_xticks(range(T) if bottom else [], tokens if bottom else [], rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(T) if left else [], tokens if left else [], fontsize=fontsize)
+    ax.tick_params(length=0)
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> Path:
+    """Call write(temp_path) for a temp file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a saved figure is for sharing
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---- HTML ---------------------------------------------------------------------------------------
+
+
+def save_attention_html(
+    path: str | os.PathLike, maps: AttentionMaps, layer: int = 0, head: int = 0, title: str = "Attention"
+) -> Path:
+    """Write the head view of `maps` (see `attention_html`) atomically; returns the path."""
+    page = attention_html(maps, layer, head, title)
+    return _write_atomic(Path(path), lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+
+
+def attention_html(maps: AttentionMaps, layer: int = 0, head: int = 0, title: str = "Attention") -> str:
+    """A self-contained page: tokens in two columns, a line from each token (left) to each token it
+    attends to (right) with opacity = weight; <select>s for layer and head (starting at `layer`,
+    `head`); hovering a token shows only its lines. The weights are embedded as JSON."""
+    L, nh, _, _ = maps.weights.shape
+    _index(layer, L, "layer")
+    _index(head, nh, "head")
+    data = {
+        "tokens": maps.tokens,
+        "special": [t in SPECIAL_TOKENS for t in maps.tokens],
+        "attention": np.round(maps.weights.astype(np.float64), 4).tolist(),  # (L, nh, T, T)
+        "layer": layer,
+        "head": head,
+    }
+    # "<" escaped so that no token can close the <script> element
+    payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
+    note = f"<p class='note'>{html.escape(maps.note)}</p>" if maps.note else ""
+    return (
+        _PAGE.replace("__TITLE__", html.escape(title)).replace("__NOTE__", note).replace("__DATA__", payload)
+    )
+
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>__TITLE__</title>
+<style>
+  body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+  h1 { font-size: 1.2em; font-weight: 600; }
+  .note { color: #a05a00; }
+  .controls { margin: 0.8em 0; }
+  .controls label { margin-right: 1.5em; }
+  .hint { color: #777; font-size: 0.9em; }
+  svg text.token { font: 14px ui-monospace, monospace; cursor: default; dominant-baseline: middle; }
+  svg text.special { fill: #888; font-style: italic; }
+  svg text.focused { font-weight: bold; }
+  svg line.attn { stroke-width: 2; }
+  svg rect.mark { fill: currentColor; }
+</style>
+</head>
+<body>
+<h1>__TITLE__</h1>
+__NOTE__
+<div class="controls">
+  <label>Layer <select id="layer"></select></label>
+  <label>Head <select id="head"></select></label>
+  <span class="hint">Lines go from each token (left) to the tokens it attends to (right). Hover a token to see only its lines.</span>
+</div>
+<svg id="view" xmlns="http://www.w3.org/2000/svg"></svg>
+<script type="application/json" id="attention-data">__DATA__</script>
+<script>
+(function () {
+  "use strict";
+  const data = JSON.parse(document.getElementById("attention-data").textContent);
+  const NS = "http://www.w3.org/2000/svg", ROW = 22, TOP = 16, GAP = 180;
+  const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+  const T = data.tokens.length, L = data.attention.length, H = data.attention[0].length;
+  const svg = document.getElementById("view");
+  const layerSel = document.getElementById("layer"), headSel = document.getElementById("head");
+
+  function fill(select, n, name, value) {
+    for (let i = 0; i < n; i++) {
+      const o = document.createElement("option");
+      o.value = String(i);
+      o.textContent = name + " " + i;
+      select.appendChild(o);
+    }
+    select.value = String(value);
+  }
+  function el(name, attrs, parent) {
+    const e = document.createElementNS(NS, name);
+    for (const k in attrs) e.setAttribute(k, attrs[k]);
+    parent.appendChild(e);
+    return e;
+  }
+  fill(layerSel, L, "layer", data.layer);
+  fill(headSel, H, "head", data.head);
+
+  const lineGroup = el("g", {}, svg), markGroup = el("g", {}, svg);
+  const left = [], right = [], marks = [];
+  for (let i = 0; i < T; i++) {
+    const cls = "token" + (data.special[i] ? " special" : "");
+    for (const [side, list] of [["left", left], ["right", right]]) {
+      const t = el("text", {"class": cls + " " + side, "data-index": i, "y": TOP + i * ROW}, svg);
+      t.textContent = data.tokens[i];
+      list.push(t);
+    }
+  }
+  let width = 40;
+  for (const t of left) width = Math.max(width, t.getComputedTextLength() + 12);
+  const x1 = width, x2 = width + GAP;
+  for (let i = 0; i < T; i++) {
+    left[i].setAttribute("x", x1 - 6);
+    left[i].setAttribute("text-anchor", "end");
+    right[i].setAttribute("x", x2 + 6);
+    marks.push(el("rect", {"class": "mark", "x": x2 + 2, "y": TOP + i * ROW - ROW / 2 + 1,
+                            "width": width, "height": ROW - 2, "opacity": 0}, markGroup));
+  }
+  svg.setAttribute("width", 2 * width + GAP + 20);
+  svg.setAttribute("height", TOP + T * ROW);
+  const lines = [];
+  for (let i = 0; i < T; i++) {
+    for (let j = 0; j < T; j++) {
+      lines.push(el("line", {"class": "attn", "data-from": i, "data-to": j,
+                             "x1": x1, "y1": TOP + i * ROW, "x2": x2, "y2": TOP + j * ROW}, lineGroup));
+    }
+  }
+
+  function current() { return data.attention[Number(layerSel.value)][Number(headSel.value)]; }
+  function draw(focus) {
+    const a = current(), color = COLORS[Number(headSel.value) % COLORS.length];
+    svg.style.color = color;
+    for (const line of lines) {
+      const i = Number(line.dataset.from), j = Number(line.dataset.to);
+      const shown = !focus || (focus.side === "left" ? i === focus.index : j === focus.index);
+      line.setAttribute("stroke", color);
+      line.setAttribute("stroke-opacity", shown ? a[i][j] : 0);
+    }
+    for (let j = 0; j < T; j++) {
+      const row = focus && focus.side === "left" ? a[focus.index] : null;
+      marks[j].setAttribute("opacity", row ? 0.6 * row[j] / Math.max(...row, 1e-9) : 0);
+    }
+    for (const t of left.concat(right)) t.classList.remove("focused");
+    if (focus) (focus.side === "left" ? left : right)[focus.index].classList.add("focused");
+  }
+  for (const [side, list] of [["left", left], ["right", right]]) {
+    list.forEach(function (t, index) {
+      t.addEventListener("mouseenter", function () { draw({side: side, index: index}); });
+      t.addEventListener("mouseleave", function () { draw(null); });
+    });
+  }
+  layerSel.addEventListener("change", function () { draw(null); });
+  headSel.addEventListener("change", function () { draw(null); });
+  draw(null);
+})();
+</script>
+</body>
+</html>
+"""
