@@ -43,7 +43,6 @@ from roberta.tokenizer import Tokenizer
 from roberta.train import Batch, ShuffledBatches, TrainConfig, TrainResult, seed_everything, train
 
 Feature = dict[str, Any]  # model inputs of one example: input_ids (list of T ints) + its labels
-MAX_ANSWER_TOKENS = 30  # the longest answer span QA decoding considers, as in the SQuAD baselines
 
 # ---- reading: classification tables --------------------------------------------------------------
 
@@ -361,8 +360,7 @@ def qa_features(
     Each feature has input_ids and start_positions / end_positions: the first answer's first and
     last token, or 0 (`<s>`) when the window does not hold the whole answer.
     """
-    if not 0 <= stride < max_length // 4:
-        raise ValueError(f"stride must be between 0 and {max_length // 4 - 1} for max_length {max_length}")
+    _qa_stride(max_length, stride)
     questions = [_cut_question(tokenizer, e.question, max_length // 2) for e in examples]
     enc = tokenizer(
         questions,
@@ -383,6 +381,15 @@ def qa_features(
         features.append({"input_ids": ids, "start_positions": start, "end_positions": end})
         windows.append(QaWindow(i, offsets))
     return features, windows
+
+
+def _qa_stride(max_length: int, stride: int | None) -> int:
+    """The overlap of context windows: stride, default max_length // 8; below max_length // 4, so
+    that a window (whose question takes at most half) always moves on through the context."""
+    stride = max_length // 8 if stride is None else stride
+    if not 0 <= stride < max_length // 4:
+        raise ValueError(f"stride must be between 0 and {max_length // 4 - 1} for max_length {max_length}")
+    return stride
 
 
 def _cut_question(tokenizer: Tokenizer, question: str, max_tokens: int) -> str:
@@ -483,59 +490,37 @@ def ner_scores(
     return entity_scores([s.tags for s in sentences], predicted)
 
 
-def best_span(
-    start_logits: torch.Tensor,
-    end_logits: torch.Tensor,
-    in_context: torch.Tensor,
-    max_tokens: int = MAX_ANSWER_TOKENS,
-) -> tuple[float, int, int]:
-    """The (score, first, last) token span with the highest start + end logit, both inside the
-    context, first <= last < first + max_tokens. start_logits, end_logits, in_context: (T,)."""
-    T = start_logits.size(0)
-    scores = start_logits[:, None] + end_logits[None, :]  # (T, T): [first, last]
-    i = torch.arange(T, device=scores.device)
-    ok = (
-        (i[None, :] >= i[:, None])
-        & (i[None, :] < i[:, None] + max_tokens)
-        & in_context[:, None]
-        & in_context[None, :]
-    )
-    if not ok.any():
-        return float("-inf"), 0, 0
-    best = scores.masked_fill(~ok, float("-inf")).flatten().argmax().item()
-    return float(scores.flatten()[best]), best // T, best % T
-
-
 def qa_predictions(
     model: nn.Module,
-    features: Sequence[Feature],
-    windows: Sequence[QaWindow],
+    tokenizer: Tokenizer,
     examples: Sequence[QaExample],
+    max_length: int,
+    stride: int,
     batch_size: int = 32,
-    pad_id: int = 1,
 ) -> dict[str, str]:
-    """Question id -> predicted answer: the best-scoring span over all of the question's windows,
-    cut from the context by the span's character offsets."""
-    best: dict[int, tuple[float, str]] = {}
-    k = 0
-    for out in _outputs(model, features, batch_size, pad_id):
-        for start, end in zip(out.start_logits.float(), out.end_logits.float()):  # (T,) each
-            w = windows[k]
-            k += 1
-            in_context = torch.tensor(
-                [o is not None for o in w.offsets] + [False] * (start.size(0) - len(w.offsets))
-            )
-            score, first, last = best_span(start.cpu(), end.cpu(), in_context)
-            if first == 0 and last == 0 or score <= best.get(w.example, (float("-inf"), ""))[0]:
-                continue
-            text = examples[w.example].context[w.offsets[first][0] : w.offsets[last][1]]
-            best[w.example] = (score, text)
-    return {e.id: best.get(i, (0.0, ""))[1] for i, e in enumerate(examples)}
+    """Question id -> predicted answer, decoded by `roberta.predict.QuestionAnswerer` (the best span
+    over all of the question's windows, widened to whole words), with questions cut as in training."""
+    from roberta.predict import QuestionAnswerer
+
+    answerer = QuestionAnswerer(model, tokenizer)
+    questions = [_cut_question(tokenizer, e.question, max_length // 2) for e in examples]
+    contexts = [e.context for e in examples]
+    answers = answerer.answer(
+        questions, contexts, max_length=max_length, doc_stride=stride, batch_size=batch_size
+    )
+    return {e.id: a["answer"] for e, a in zip(examples, answers)}
 
 
-def qa_scores(model, features, windows, examples, batch_size: int = 32, pad_id: int = 1) -> dict[str, float]:
+def qa_scores(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    examples: Sequence[QaExample],
+    max_length: int,
+    stride: int,
+    batch_size: int = 32,
+) -> dict[str, float]:
     """SQuAD exact match and F1 (percent) of `qa_predictions` against every gold answer."""
-    predictions = qa_predictions(model, features, windows, examples, batch_size, pad_id)
+    predictions = qa_predictions(model, tokenizer, examples, max_length, stride, batch_size)
     return squad_scores(predictions, {e.id: e.answers for e in examples})
 
 
@@ -667,12 +652,11 @@ def finetune_qa(
     seed_everything(cfg.seed)
     net = RobertaForQuestionAnswering.from_pretrained(model, num_labels=2, id2label=None)
     length = _max_length(tokenizer, net.config, max_length)
-    stride = length // 8 if stride is None else stride
+    stride = _qa_stride(length, stride)
     train_f, _ = qa_features(tokenizer, train_ex, length, stride)
-    dev_f, dev_windows = qa_features(tokenizer, dev_ex, length, stride)
 
     def eval_fn(m: nn.Module) -> dict[str, float]:
-        return qa_scores(m, dev_f, dev_windows, dev_ex, cfg.batch_size, tokenizer.pad_token_id)
+        return qa_scores(m, tokenizer, dev_ex, length, stride, cfg.batch_size)
 
     return _train(net, tokenizer, train_f, cfg, eval_fn, "f1", resume)
 
@@ -746,5 +730,4 @@ def evaluate_qa(
     tokenizer, net = _load_finetuned(model, RobertaForQuestionAnswering, device)
     examples = read_squad(data_file)
     length = _max_length(tokenizer, net.config, max_length)
-    features, windows = qa_features(tokenizer, examples, length, length // 8 if stride is None else stride)
-    return qa_scores(net, features, windows, examples, batch_size, tokenizer.pad_token_id)
+    return qa_scores(net, tokenizer, examples, length, _qa_stride(length, stride), batch_size)

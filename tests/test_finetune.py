@@ -16,7 +16,6 @@ from roberta import cli
 from roberta.config import RobertaConfig
 from roberta.finetune import (
     answer_tokens,
-    best_span,
     evaluate_classifier,
     finetune_classifier,
     finetune_ner,
@@ -183,14 +182,6 @@ def test_answer_tokens_by_hand():
     assert answer_tokens(offsets, 0, "Denver Broncos") == (3, 4)
     assert answer_tokens(offsets, 7, "Broncos") == (4, 4)
     assert answer_tokens(offsets[:4] + [None] * 3, 0, "Denver Broncos") == (0, 0)  # cut off: <s>
-
-
-def test_best_span_respects_context_order_and_length():
-    start = torch.tensor([9.0, 0.0, 5.0, 1.0, 0.0])
-    end = torch.tensor([9.0, 4.0, 0.0, 1.0, 3.0])
-    in_context = torch.tensor([False, True, True, True, True])
-    assert best_span(start, end, in_context)[1:] == (2, 4)  # not (0, 0): <s> is outside the context
-    assert best_span(start, end, in_context, max_tokens=2)[1:] == (2, 3)
 
 
 def test_pad_batch_pads_inputs_and_labels():
