@@ -398,28 +398,25 @@ class QuestionAnswerer(Predictor):
             stride=doc_stride,
             return_overflowing_tokens=True,
             return_offsets_mapping=True,
-        )
-
-        def logits(ids: torch.Tensor, mask: torch.Tensor) -> list:
-            out = self.model(ids, mask)
-            lengths = mask.sum(1).tolist()
-            starts, ends = out.start_logits.float().cpu(), out.end_logits.float().cpu()  # (B, T) each
-            return [(s[:n], e[:n]) for s, e, n in zip(starts, ends, lengths)]  # without padding
-
-        windows = self.run(batch["input_ids"], batch_size, logits)
-        by_question: list[list] = [[] for _ in questions]
+        )  # a row per window: <s> question </s></s> part of the context </s>
+        windows = self.run(batch["input_ids"], batch_size, self._span_logits)
+        rows_of: list[list[int]] = [[] for _ in questions]
         for w, q in enumerate(batch["overflow_to_sample_mapping"]):
-            by_question[q].append(w)
+            rows_of[q].append(w)
         results = []
-        for q, rows in enumerate(by_question):
+        for q, rows in enumerate(rows_of):
+            # 2k + 10 candidates per window, as the pipeline: spans merge when they give one text
             answers = merge_answers(
-                contexts[q],
-                [(batch.encodings[w], *windows[w]) for w in rows],
-                n=2 * top_k + 10,
-                max_answer_len=max_answer_len,
+                contexts[q], [(batch.encodings[w], *windows[w]) for w in rows], 2 * top_k + 10, max_answer_len
             )[:top_k]
             results.append(answers[0] if top_k == 1 else answers)
         return results[0] if single else results
+
+    def _span_logits(self, ids: torch.Tensor, mask: torch.Tensor) -> list:
+        """Per row: (start logits, end logits), each (T,) without the padding."""
+        out = self.model(ids, mask)
+        starts, ends = out.start_logits.float().cpu(), out.end_logits.float().cpu()  # (B, T) each
+        return [(s[:n], e[:n]) for s, e, n in zip(starts, ends, mask.sum(1).tolist())]
 
     def _check(self, questions, contexts, top_k, max_answer_len, max_length, doc_stride):
         """Clear errors for bad arguments; returns (max_length, doc_stride) with defaults filled in."""
