@@ -91,14 +91,15 @@ class Predictor:
     """A model and its tokenizer; subclasses add one task method.
 
     Args:
-        model: a model of `model_class` (put in eval mode here).
+        model: a model of `model_class`; it runs in eval mode (no dropout), and a model in training
+            mode is put back in training mode afterwards.
         tokenizer: the tokenizer it was trained with.
     """
 
     model_class: ClassVar[type[PretrainedModel]] = RobertaModel
 
     def __init__(self, model: PretrainedModel, tokenizer: Tokenizer):
-        self.model = model.eval()
+        self.model = model
         self.tokenizer = tokenizer
 
     @classmethod
@@ -146,10 +147,15 @@ class Predictor:
         """fn(input_ids (B, T), attention_mask (B, T)) -> one output per row, on batches of rows of
         similar length; returns the outputs in the order of `rows`."""
         out: list = [None] * len(rows)
-        for idx in length_sorted_batches([len(r) for r in rows], batch_size):
-            ids, mask = pad([rows[i] for i in idx], self.tokenizer.pad_token_id, self.device)
-            for i, result in zip(idx, fn(ids, mask)):
-                out[i] = result
+        was_training = self.model.training  # e.g. evaluation during fine-tuning: put the mode back
+        self.model.eval()
+        try:
+            for idx in length_sorted_batches([len(r) for r in rows], batch_size):
+                ids, mask = pad([rows[i] for i in idx], self.tokenizer.pad_token_id, self.device)
+                for i, result in zip(idx, fn(ids, mask)):
+                    out[i] = result
+        finally:
+            self.model.train(was_training)
         return out
 
 

@@ -343,6 +343,16 @@ def test_tag_and_answer_do_not_depend_on_batching(load):
     assert np.allclose([a["score"] for a in one], [a["score"] for a in many], atol=1e-5)
 
 
+def test_a_model_in_training_mode_predicts_without_dropout_and_stays_in_training(tiny, load):
+    from roberta import RobertaForSequenceClassification
+
+    model = RobertaForSequenceClassification.from_pretrained(tiny["single"]).train()
+    clf = load(Classifier, "single")
+    again = Classifier(model, clf.tokenizer).classify(TEXTS)
+    assert model.training  # e.g. evaluation in the middle of fine-tuning
+    assert np.allclose([r["score"] for r in again], [r["score"] for r in clf.classify(TEXTS)], atol=1e-5)
+
+
 def test_length_sorted_batches_cover_every_index_once():
     lengths = [5, 1, 9, 9, 3, 7, 2]
     batches = list(length_sorted_batches(lengths, 3))
