@@ -385,7 +385,8 @@ class QuestionAnswerer(Predictor):
                 min(max_length // 2, 128).
         Returns:
             Per question, {"answer", "score", "start", "end"} with context[start:end] == answer when
-            top_k == 1, else a list of up to top_k such dicts, best first.
+            top_k == 1, else a list of up to top_k such dicts, best first. The score is the span's
+            probability, summed over the spans that give the same text (see `merge_answers`).
         """
         questions, single = as_text_list(question, "question")
         contexts, single_context = as_text_list(context, "context")
