@@ -153,7 +153,12 @@ def attention_figure(
     """Heatmaps of `maps` (see `prepare`) as a matplotlib Figure: one head when both layer and head
     are given, else a grid of the chosen layers (rows) x heads (columns); None means all. The
     figure grows with the number of tokens; the title carries the truncation note, if any."""
-    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
+    try:
+        from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
+    except ImportError:
+        raise ImportError(
+            "PNG output needs matplotlib (pip install matplotlib); HTML output does not"
+        ) from None
 
     L, nh, T, _ = maps.weights.shape
     layers, heads = _index(layer, L, "layer"), _index(head, nh, "head")
