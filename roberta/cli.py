@@ -275,7 +275,8 @@ def run_finetune(args) -> None:
         result = finetune.finetune_ner(args.train, args.dev, args.model, cfg, **common)
     else:
         result = finetune.finetune_qa(args.train, args.dev, args.model, cfg, stride=args.stride, **common)
-    print(json.dumps({"best": f"{args.out}/best", "last": f"{args.out}/last", **vars(result)}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
+        print(json.dumps({"best": f"{args.out}/best", "last": f"{args.out}/last", **vars(result)}))
 
 
 def run_split_squad(args) -> None:
