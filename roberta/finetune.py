@@ -20,6 +20,7 @@ model's config as `id2label`, so a checkpoint knows its own labels.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -545,7 +546,7 @@ def _train(
 
     source = ShuffledBatches(len(features), cfg.batch_size, make_batch, seed=cfg.seed)
     if cfg.early_stopping_metric is None:
-        cfg.early_stopping_metric = metric
+        cfg = dataclasses.replace(cfg, early_stopping_metric=metric)
     return train(model, source, cfg, eval_fn=eval_fn, save_extra=TokenizerFiles(tokenizer), resume=resume)
 
 
