@@ -16,13 +16,13 @@ import dataclasses
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from roberta.atomic import atomic_file
 from roberta.config import RobertaConfig
 from roberta.hub import MODEL_FILES, resolve
 
@@ -127,14 +127,8 @@ class PretrainedModel(nn.Module):
         dataclasses.replace(self.config, extra={**self.config.extra, **architectures}).save_json(
             folder / "config.json"
         )
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.", suffix=".safetensors.tmp")
-        os.close(fd)
-        try:
+        with atomic_file(folder / "model.safetensors") as tmp:
             save_file(self.hf_state_dict(dtype), tmp, metadata={"format": "pt"})
-            os.replace(tmp, folder / "model.safetensors")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return folder
 
     # ---- load ---------------------------------------------------------------------------------

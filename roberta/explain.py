@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from roberta.config import RobertaConfig, write_text_atomic
+from roberta.atomic import write_text_atomic
+from roberta.config import RobertaConfig
 from roberta.model import (
     RobertaModel,
     SelfAttention,

@@ -30,7 +30,7 @@ import torch
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 
 from roberta import hub
-from roberta.config import write_text_atomic
+from roberta.atomic import write_text_atomic
 
 BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
 # RoBERTa's ids: <s>=0 <pad>=1 </s>=2 <unk>=3 (fairseq's dictionary order); <mask> is the last id.
