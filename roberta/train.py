@@ -327,6 +327,12 @@ def truncate_metrics(out_dir: Path, step: int) -> None:
     os.replace(tmp, out_dir / METRICS_FILE)
 
 
+def _constant(records: list[dict[str, Any]], key: str) -> bool:
+    """True if `key` was logged at least twice and never changed (a count, not a curve)."""
+    values = [r[key] for r in records if key in r]
+    return len(values) > 1 and len(set(values)) == 1
+
+
 def plot_metrics(out_dir: str | os.PathLike) -> Path | None:
     """Plot every numeric metric against the step into out_dir/metrics.png (needs matplotlib)."""
     try:
@@ -341,7 +347,7 @@ def plot_metrics(out_dir: str | os.PathLike) -> Path | None:
     keys = sorted(
         {k for r in records for k, v in r.items() if isinstance(v, (int, float))} - {"step", "epoch"}
     )
-    keys = [k for k in keys if k not in ("elapsed_s", "tokens")]
+    keys = [k for k in keys if k not in ("elapsed_s", "tokens") and not _constant(records, k)]
     if not keys:
         return None
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
