@@ -154,7 +154,8 @@ def run_pretrain(args) -> None:
         cache_dir=args.cache_dir or default_cache_dir(),
         resume=args.resume,
     )
-    print(json.dumps({"out": f"{args.out}/last", **{k: v for k, v in vars(result).items()}}))
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
+        print(json.dumps({"out": f"{args.out}/last", **vars(result)}))
 
 
 # ---- evaluate ----------------------------------------------------------------------------------
