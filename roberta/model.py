@@ -8,7 +8,10 @@ GELU feed-forward network. What RoBERTa changes is the training recipe (see pret
 byte-level BPE vocabulary (tokenizer.py) and one detail here: positions start at `pad_token_id + 1`.
 
 Masks: `attention_mask` is (B, T) with 1 = real token, 0 = padding, everywhere in this package.
-It becomes a boolean (B, 1, 1, T) "may attend" mask once, in `Encoder.forward`.
+It is converted once, in `Encoder.forward`: when the batch has padding, the padding is removed
+(fast.py) and every layer works on the real tokens only, (N, C), with attention restricted to each
+sequence's own tokens; otherwise (and whenever attention weights are asked for) it becomes a
+boolean (B, 1, 1, T) "may attend" mask. Both paths give the same numbers (tests/test_fast.py).
 
 Checkpoint names differ from HF's; the mapping lives in checkpoint.py, never here.
 """
@@ -24,6 +27,7 @@ from torch import nn
 
 from roberta.checkpoint import PretrainedModel
 from roberta.config import RobertaConfig
+from roberta.fast import Packing, packed_attention, pad, unpad
 
 
 def position_ids_from_input_ids(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -114,12 +118,17 @@ class SelfAttention(nn.Module):
         return q, k, v
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, output_attentions: bool = False
+        self, x: torch.Tensor, mask: torch.Tensor | Packing | None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, C); mask: (B, 1, 1, T) bool, True = may attend (a real key). Returns (B, T, C)."""
+        """x: (B, T, C) with mask (B, 1, 1, T) bool, True = may attend (a real key), or None (all real).
+        Or x: (N, C), a batch's real tokens packed, with mask the `Packing` saying whose they are.
+        Returns x's shape."""
+        dropout_p = self.dropout_p if self.training else 0.0
+        if isinstance(mask, Packing):
+            qkv = self.qkv(x).view(-1, 3, self.n_head, self.head_dim)  # (N, 3, nh, hs)
+            return self.out(packed_attention(qkv, mask, dropout_p)), None  # (N, C)
         B, T, C = x.shape
         q, k, v = self.heads(x)
-        dropout_p = self.dropout_p if self.training else 0.0
         if output_attentions:
             y, weights = attention_weights(q, k, v, mask, dropout_p)
         else:
@@ -172,8 +181,9 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, output_attentions: bool = False
+        self, x: torch.Tensor, mask: torch.Tensor | Packing | None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, T, C), or (N, C) packed real tokens; mask as in SelfAttention."""
         a, weights = self.attn(x, mask, output_attentions)
         x = self.norm1(x + self.dropout(a))
         x = self.norm2(x + self.dropout(self.ffn(x)))
@@ -203,15 +213,28 @@ class Encoder(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> EncoderOutput:
-        """x: (B, T, C) embeddings; attention_mask: (B, T), 1 = real token, or None (all real)."""
-        mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, T)
+        """x: (B, T, C) embeddings; attention_mask: (B, T), 1 = real token, or None (all real).
+
+        A batch with padding is unpadded once, here, unless attention weights are asked for (they
+        are (B, nh, T, T) by definition). Padding positions hold what the padded path gives them
+        (see fast.py).
+        """
+        real = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        packing = None if real is None or output_attentions else Packing.from_mask(real)
         hidden, attentions = [x], []
+        if packing is not None:
+            x, mask = unpad(x, packing), packing  # (N, C): real tokens + a slot per padded row
+        else:
+            mask = None if real is None else real[:, None, None, :]  # (B, 1, 1, T)
         for layer in self.layers:
             x, weights = layer(x, mask, output_attentions)
-            hidden.append(x)
             attentions.append(weights)
+            if output_hidden_states:
+                hidden.append(x if packing is None else pad(x, packing))
+        if not output_hidden_states:
+            hidden.append(x if packing is None else pad(x, packing))  # (B, T, C)
         return EncoderOutput(
-            last_hidden_state=x,
+            last_hidden_state=hidden[-1],
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
         )

@@ -1,0 +1,143 @@
+"""Speed machinery that is not the paper's idea: unpadding, packed attention, token-budget batches.
+
+On realistic text most of a padded (B, T) batch is padding (about two thirds for sentence-length
+inputs batched as they come). The encoder's cost is in its projections and feed-forward layers,
+which treat every position alike, so the encoder computes them on the real tokens only:
+
+    packing = Packing.from_mask(real)      # where the real tokens are, once per batch
+    x = unpad(x, packing)                  # (B, T, C) -> (N, C)
+    ... every Linear / GELU / LayerNorm / dropout works on (N, C) ...
+    packed_attention(qkv, packing)         # each sequence attends to its own real tokens only
+    x = pad(x, packing)                    # (N, C) -> (B, T, C)
+
+What padding positions hold. The padded computation gives them values too: a padding query
+attends to its row's real keys. Task code can see them (a question-answering loss takes its
+softmax over all T positions, as in transformers), so we keep them rather than invent new ones.
+With the usual padding (pad token ids, default positions) every padding position of a row has
+the same embedding, hence the same state in every layer, so one padding *slot* per padded row,
+a query that is never a key, carries them all: N = real tokens + padded rows. `pad` writes the
+slot's state into each padding position of its row. Results equal the padded path at every
+position for such batches (tests/test_fast.py); for padding positions whose inputs differ
+within a row (explicit position_ids, or dropout in training) they hold the first one's state.
+
+Every function here is pure and pinned to the padded path by tests/test_fast.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where the real tokens (and each padded row's slot) of a padded batch go when packed.
+
+    indices: (N,) flat positions `b * T + t` of the packed rows: sequence after sequence, each
+        sequence's real tokens in order, then its first padding position if it has padding.
+    lengths: (B,) real tokens per sequence (Python ints: they size the per-sequence work).
+    sizes: (B,) packed rows per sequence: its length, plus 1 when it has padding (the slot).
+    batch_size, seq_len: B and T of the padded batch.
+    """
+
+    indices: torch.Tensor
+    lengths: tuple[int, ...]
+    sizes: tuple[int, ...]
+    batch_size: int
+    seq_len: int
+
+    @classmethod
+    def from_mask(cls, real: torch.Tensor) -> Packing:
+        """real: (B, T) bool or 0/1, True = real token."""
+        real = real.bool()
+        B, T = real.shape
+        padded = ~real.all(dim=1)  # (B,)
+        first_pad = (~real).int().argmax(dim=1)  # (B,) 0 for rows without padding, unused there
+        keep = real.clone()
+        keep[padded, first_pad[padded]] = True  # (B, T) real tokens and one slot per padded row
+        t = torch.arange(T, device=real.device)
+        rank = torch.where(real, t, T) + torch.arange(B, device=real.device)[:, None] * (T + 1)  # slot last
+        order = rank[keep].argsort()
+        indices = keep.flatten().nonzero().squeeze(1)[order]  # (N,)
+        lengths = real.sum(dim=1)
+        return cls(indices, tuple(lengths.tolist()), tuple((lengths + padded).tolist()), B, T)
+
+    @property
+    def num_rows(self) -> int:
+        """N: packed rows, real tokens plus slots."""
+        return int(self.indices.numel())
+
+
+def unpad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """(B, T, ...) -> (N, ...): the packed rows, in `packing.indices` order."""
+    return x.flatten(0, 1).index_select(0, packing.indices)
+
+
+def pad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """(N, ...) -> (B, T, ...): every packed row back in its place; each padding position of a
+    row gets the state of that row's slot."""
+    B, T = packing.batch_size, packing.seq_len
+    last = torch.tensor(packing.sizes, device=x.device).cumsum(0) - 1  # (B,) each sequence's last row
+    fill = x.index_select(0, last.clamp(min=0)).repeat_interleave(T, dim=0)  # (B * T, ...)
+    return fill.index_copy(0, packing.indices, x).view(B, T, *x.shape[1:])
+
+
+def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(QKᵀ/√d_k)·V of each sequence over its own real keys, on packed rows.
+
+    qkv: (N, 3, nh, hs) queries, keys and values of the packed rows. Returns (N, nh * hs), the
+    heads concatenated. Equals SDPA on the padded batch with padding keys masked, at every row.
+    On CPU one SDPA call per sequence computes no padding at all (measured fastest: see
+    benchmarks/speed.py); elsewhere one masked call on the re-padded batch avoids many launches.
+    """
+    if qkv.device.type != "cpu":
+        return _repadded_attention(qkv, packing, dropout_p)
+    outs = []
+    for part, n in zip(qkv.split(packing.sizes), packing.lengths):  # (S, 3, nh, hs), one sequence
+        q, k, v = part.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # 3 x (1, nh, S, hs)
+        y = F.scaled_dot_product_attention(q, k[:, :, :n], v[:, :, :n], dropout_p=dropout_p)
+        outs.append(y[0].transpose(0, 1).flatten(1))  # (S, nh * hs)
+    return torch.cat(outs)
+
+
+def _repadded_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float) -> torch.Tensor:
+    """`packed_attention` as one SDPA call: rows re-padded to the longest sequence, keys masked."""
+    N, _, nh, hs = qkv.shape
+    B, S = packing.batch_size, max(packing.sizes, default=0)
+    pos = torch.arange(S, device=qkv.device)
+    rows = pos < torch.tensor(packing.sizes, device=qkv.device)[:, None]  # (B, S)
+    keys = pos < torch.tensor(packing.lengths, device=qkv.device)[:, None]  # (B, S)
+    where = rows.flatten().nonzero().squeeze(1)  # (N,)
+    dense = qkv.new_zeros(B * S, 3, nh, hs).index_copy(0, where, qkv).view(B, S, 3, nh, hs)
+    q, k, v = dense.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, S, hs)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :], dropout_p=dropout_p)
+    return y.transpose(1, 2).reshape(B * S, nh * hs).index_select(0, where)  # (N, nh * hs)
+
+
+def token_budget_batches(
+    lengths: Sequence[int], max_tokens: int, max_batch_size: int | None = None
+) -> list[list[int]]:
+    """Plan batches for inference: indices grouped by length, longest first, so that each batch
+    padded to its longest member holds at most `max_tokens` tokens (batch size x longest).
+
+    lengths: token count of each sequence. A sequence longer than `max_tokens` gets a batch of its
+    own. Returns lists of indices into `lengths`; each index appears exactly once. Run them in any
+    order and put the outputs back by index.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    if max_batch_size is not None and max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else None
+        fits = batch is not None and (len(batch) + 1) * lengths[batch[0]] <= max_tokens
+        if fits and (max_batch_size is None or len(batch) < max_batch_size):
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches

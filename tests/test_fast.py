@@ -1,0 +1,214 @@
+"""Every fast path changes no number: unpadded encoder == padded encoder (fp32, 1e-5).
+
+The padded reference runs the same layers on (B, T, C) with the (B, 1, 1, T) key mask, the path
+the model takes when a batch has no padding (and that test_model.py pins to transformers).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from roberta.config import RobertaConfig
+from roberta.fast import Packing, _repadded_attention, packed_attention, pad, token_budget_batches, unpad
+from roberta.heads import RobertaForQuestionAnswering, RobertaForSequenceClassification
+from roberta.model import RobertaModel
+
+TOL = 1e-5
+VOCAB = 97
+
+
+def tiny_config(**overrides) -> RobertaConfig:
+    kw = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40,
+    )
+    return RobertaConfig(**{**kw, **overrides})
+
+
+def batch(lengths=(11, 4, 7, 1, 11), left=(), seed=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids <s> ... </s> padded with 1 (right, or left for rows in `left`); mask 1 = real."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids, mask = torch.ones(len(lengths), T, dtype=torch.long), torch.zeros(len(lengths), T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        row = torch.randint(3, VOCAB, (n,), generator=g)
+        row[0], row[-1] = 0, 2
+        where = slice(T - n, T) if i in left else slice(0, n)
+        ids[i, where], mask[i, where] = row, 1
+    return ids, mask
+
+
+def padded_forward(model: RobertaModel, ids, mask) -> list[torch.Tensor]:
+    """The reference: every layer on (B, T, C) with the key mask; returns each layer's output."""
+    x = model.embeddings(ids)
+    key_mask = mask.bool()[:, None, None, :]
+    states = []
+    for layer in model.encoder.layers:
+        x, _ = layer(x, key_mask)
+        states.append(x)
+    return states
+
+
+@pytest.fixture(scope="module")
+def model() -> RobertaModel:
+    torch.manual_seed(0)
+    return RobertaModel(tiny_config()).eval()
+
+
+# ---- the pure functions ------------------------------------------------------------------------
+
+
+def test_packing_by_hand():
+    """Real tokens in order, then one padding slot per padded row; left and inner padding too."""
+    real = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0]])
+    p = Packing.from_mask(real)
+    assert p.indices.tolist() == [0, 1, 2, 5, 6, 7, 4, 8, 9, 10, 11, 12, 14, 13]
+    assert p.lengths == (2, 3, 4, 2) and p.sizes == (3, 4, 4, 3)
+    assert (p.batch_size, p.seq_len, p.num_rows) == (4, 4, 14)
+
+
+def test_unpad_pad_round_trip():
+    """pad(unpad(x)) == x when a row's padding positions agree (as padding embeddings do);
+    otherwise every padding position gets the row's first one."""
+    real = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]).bool()
+    x = torch.randn(3, 5, 6)
+    x[0, 4] = x[0, 3]
+    x[1, 1] = x[1, 0]
+    p = Packing.from_mask(real)
+    assert unpad(x, p).shape == (13, 6)  # 11 real tokens + 2 slots
+    assert torch.equal(pad(unpad(x, p), p), x)
+    x[0, 4] = 7.0
+    back = pad(unpad(x, p), p)
+    assert torch.equal(back[0, 4], x[0, 3]) and torch.equal(back[1:], x[1:])
+
+
+def test_packed_attention_equals_masked_sdpa_at_every_row():
+    ids, mask = batch(left=(1,))
+    p = Packing.from_mask(mask)
+    B, T = mask.shape
+    qkv = torch.randn(B, T, 3, 4, 8)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bool()[:, None, None, :])
+    ref = unpad(ref.transpose(1, 2).flatten(2), p)  # (N, nh * hs), padding slots included
+    assert (packed_attention(unpad(qkv, p), p) - ref).abs().max() < TOL
+    assert (_repadded_attention(unpad(qkv, p), p, 0.0) - ref).abs().max() < TOL
+
+
+def test_token_budget_batches():
+    lengths = [5, 30, 8, 30, 12, 2, 40, 7]
+    plan = token_budget_batches(lengths, max_tokens=64, max_batch_size=3)
+    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+    for b in plan:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 64
+    assert [lengths[b[0]] for b in plan] == sorted((lengths[b[0]] for b in plan), reverse=True)
+    assert token_budget_batches([100, 3], max_tokens=10) == [[0], [1]]  # too long: alone
+    with pytest.raises(ValueError, match="max_tokens"):
+        token_budget_batches([3], max_tokens=0)
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_unpadded_forward_equals_padded_at_every_position(model):
+    ids, mask = batch(left=(2,))
+    ref = padded_forward(model, ids, mask)
+    out = model(ids, mask, output_hidden_states=True)
+    assert len(out.hidden_states) == len(ref) + 1
+    for a, b in zip(ref, out.hidden_states[1:]):
+        assert (a - b).abs().max() < TOL  # padding positions too
+    assert (out.last_hidden_state - ref[-1]).abs().max() < TOL
+    weights = model(ids, mask, output_attentions=True)  # the explicit path, padded
+    assert (weights.last_hidden_state - ref[-1]).abs().max() < TOL
+
+
+@torch.no_grad()
+def test_alone_equals_its_row_in_a_padded_batch(model):
+    lengths = (11, 4, 7, 1, 11)
+    ids, mask = batch(lengths, left=(1,))
+    out = model(ids, mask).last_hidden_state
+    for i in range(len(lengths)):
+        row = ids[i][mask[i].bool()][None]
+        alone = model(row).last_hidden_state[0]
+        assert (alone - out[i][mask[i].bool()]).abs().max() < TOL
+
+
+@torch.no_grad()
+def test_no_padding_takes_the_padded_path_and_agrees(model):
+    ids, _ = batch((9, 9))
+    ones = torch.ones_like(ids)
+    assert (model(ids, ones).last_hidden_state - model(ids).last_hidden_state).abs().max() == 0
+    assert (model(ids).last_hidden_state - padded_forward(model, ids, ones)[-1]).abs().max() < TOL
+
+
+def grads(model, loss_fn) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss_fn().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradients_equal_in_training_mode_without_dropout():
+    """A QA loss takes its softmax over all T positions, padding included, as transformers does:
+    the padding slots must carry the same values and gradients as the padded path."""
+    torch.manual_seed(1)
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    qa = RobertaForQuestionAnswering(config).train()
+    ids, mask = batch(left=(0,), seed=3)
+    starts, ends = torch.tensor([0, 1, 2, 0, 5]), torch.tensor([3, 2, 4, 0, 9])
+
+    def fast():
+        return qa(ids, mask, start_positions=starts, end_positions=ends).loss
+
+    def padded():
+        h = padded_forward(qa.roberta, ids, mask)[-1]
+        start, end = qa.qa_outputs(h).unbind(-1)
+        return (F.cross_entropy(start, starts) + F.cross_entropy(end, ends)) / 2
+
+    assert abs(fast().item() - padded().item()) < TOL
+    a, b = grads(qa, fast), grads(qa, padded)
+    assert a.keys() == b.keys() and len(a) == len(list(qa.parameters()))
+    for name in a:
+        assert (a[name] - b[name]).abs().max() < TOL, name
+
+
+def test_classifier_training_step_matches_with_dropout_off():
+    torch.manual_seed(2)
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    clf = RobertaForSequenceClassification(config).train()
+    ids, mask = batch(seed=4)
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    a = grads(clf, lambda: clf(ids, mask, labels=labels).loss)
+    b = grads(
+        clf, lambda: F.cross_entropy(clf.classifier(padded_forward(clf.roberta, ids, mask)[-1]), labels)
+    )
+    for name in a:
+        assert (a[name] - b[name]).abs().max() < TOL, name
+
+
+def test_training_with_dropout_runs_on_the_unpadded_path():
+    torch.manual_seed(3)
+    model = RobertaModel(tiny_config()).train()
+    ids, mask = batch()
+    out = model(ids, mask).last_hidden_state
+    out[mask.bool()].sum().backward()
+    assert torch.isfinite(model.embeddings.word.weight.grad).all()
+
+
+@torch.no_grad()
+def test_bf16_weights_stay_close_to_fp32(model):
+    """The opt-in bf16 mode (`from_pretrained(..., dtype=torch.bfloat16)`): states after
+    LayerNorm are O(1); bf16 keeps 8 bits of mantissa, so we allow 0.1 absolute."""
+    ids, mask = batch(seed=5)
+    ref = model(ids, mask).last_hidden_state
+    half = RobertaModel(tiny_config()).eval()
+    half.load_state_dict(model.state_dict())
+    out = half.to(torch.bfloat16)(ids, mask).last_hidden_state
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref)[mask.bool()].abs().max() < 0.1
