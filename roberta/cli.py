@@ -336,7 +336,9 @@ def add_attention(sub) -> None:
     p.add_argument("--pair", help="a second text, encoded as a pair: <s> text </s></s> pair </s>")
     _model_arg(p)
     p.add_argument("--out", required=True, help="FILE.html (interactive head view) or FILE.png (heatmaps)")
-    p.add_argument("--layer", type=int, help="0-based layer; PNG: default all layers, HTML: the one shown first")
+    p.add_argument(
+        "--layer", type=int, help="0-based layer; PNG: default all layers, HTML: the one shown first"
+    )
     p.add_argument("--head", type=int, help="0-based head; PNG: default all heads, HTML: the one shown first")
     p.set_defaults(func=run_attention)
 
