@@ -2,40 +2,45 @@
 
 One run measures every engine on the same random weights (a transformers model saved to a
 temporary folder, loaded by each engine) and the same inputs, and prints one table with the
-ratio ours / transformers-sdpa. Each engine runs in a fresh worker process, so that its peak
-memory (RSS on CPU, max allocated on GPU) is its own.
+ratio ours / transformers-sdpa.
 
 Workloads (fixed seeds; ids are random tokens between <s> ... </s>, right padding):
   A  inference, realistic: 512 sequences (--quick: 96) with token lengths drawn from
      lognormal(mu=3.5, sigma=0.6), rounded, clipped to 8..256 (mean about 40; the small config
      clips to its 128 positions), handed over in batches of 32 in the drawn order, each padded to
      its longest, as a user would. Metric: real (non-padding) tokens per second.
-  B  inference, fixed shape: a batch of 8 x 128 real tokens. Metric: ms per batch.
+  B  inference, fixed shape: a batch of 8 x 128 real tokens. Metric: median ms per batch.
   C  fine-tuning step, sequence classification (2 labels), AdamW: batches of 16 with A's lengths.
      Metric: real tokens per second.
   D  MLM pretraining step on packed 128-token blocks (8 per batch for base, 32 for small), 15% of
      positions masked, AdamW. Ours uses sparse_logits=True (the LM head projects only the masked
      positions); transformers computes full logits, as it does. Metric: tokens per second.
 Inference runs under torch.inference_mode; training in train mode with dropout as configured.
-Extra rows: peak memory of inference (after A and B) and of training (after C and D), and the
-largest difference of each engine's last hidden state from transformers-sdpa on A's first batch
-(real positions). On CPU the `ours-bf16` column is our model with bf16 weights (B only under
---quick: without AVX512_BF16/AMX the CPU emulates bf16 and it is slow), and a line compares one
-fp32 GEMM the size of roberta-base's FFN through torch's default path and oneDNN.
 
-    python benchmarks/speed.py --quick                    # < 5 minutes on 2 cores
+How. Speed: all engines live in this process and take turns on each batch or step (the first
+engine rotates), so that all see the same share of a busy CPU; every engine warms up first.
+Memory: one fresh worker process per engine runs A's longest batch, B, one C step on C's longest
+batch and one D step, and reports its peak: RSS on CPU (weights included, the transient of
+loading them excluded), max allocated on GPU. Accuracy: the largest difference of each engine's
+last hidden state from transformers-sdpa's on A's first batch, at real positions.
+On CPU the `ours-bf16` column is our model with bf16 weights (B only under --quick: without
+AVX512_BF16/AMX the CPU emulates bf16 and it is slow), and a line compares one fp32 GEMM the size
+of roberta-base's FFN through torch's default path and oneDNN with a prepacked weight.
+
+    python benchmarks/speed.py --quick                    # < 5 minutes on 2 idle cores
     python benchmarks/speed.py --config base --json out.json
     python benchmarks/speed.py --device cuda --dtype bf16 # bf16 autocast on GPU
 
-The CPU is often shared: the table records os.getloadavg() around each engine; compare ratios
-within one run, not absolute numbers across runs. On a busy CPU run with --threads 1 and read the
-"per CPU-second" rows: a single-threaded worker's CPU time is the work it needed, whatever share of
-the machine it got (with more threads, CPU time also counts threads spinning at barriers).
+A shared CPU makes absolute numbers low and noisy; the load average during the run is printed.
+The "per CPU-second" rows divide by this process's CPU time instead of wall time: with
+--threads 1 that is the work each engine needed, whatever share of the machine it got (with more
+threads it also counts threads spinning at barriers).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -43,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +59,10 @@ sys.path.insert(0, str(ROOT))
 
 from roberta.config import RobertaConfig  # noqa: E402
 
-ENGINES = ("ours", "transformers-sdpa", "transformers-eager", "ours-bf16", "onnxruntime", "ctranslate2")
 REFERENCE = "transformers-sdpa"
+TRAINABLE = ("transformers-sdpa", "ours", "transformers-eager")
 H200_BF16_PEAK = 989e12  # dense bf16 FLOP/s, for the GPU's model-FLOPs utilisation
+LOADS: list[float] = []  # 1-minute load average, sampled while timing
 
 
 # ---- workloads ---------------------------------------------------------------------------------
@@ -92,6 +99,21 @@ def mlm_batch(n_blocks: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch
     chosen = torch.rand(n_blocks, 128, generator=g) < 0.15
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))
     return ids.masked_fill(chosen, vocab - 1), labels  # vocab - 1 stands for <mask>
+
+
+def c_data(config: RobertaConfig, quick: bool) -> list[dict[str, torch.Tensor]]:
+    """C's batches: 16 sequences with A's lengths, labels 0/1; the first is the warm-up."""
+    steps = 2 if quick else 10
+    data = batches(lengths_a(config, quick)[: 16 * (steps + 1)], 16, config.vocab_size)
+    return [{"input_ids": i, "attention_mask": m, "labels": torch.arange(len(i)) % 2} for i, m in data]
+
+
+def d_data(config: RobertaConfig, quick: bool) -> list[dict[str, torch.Tensor]]:
+    """D's batches of packed blocks; the first is the warm-up."""
+    n_blocks = 8 if config.hidden_size >= 768 else 32
+    steps = 2 if quick else 6
+    data = [mlm_batch(n_blocks, config.vocab_size, seed=s) for s in range(steps + 1)]
+    return [{"input_ids": ids, "labels": labels} for ids, labels in data]
 
 
 # ---- engines -----------------------------------------------------------------------------------
@@ -143,6 +165,23 @@ def encode_fn(engine: str, folder: Path, device: str):
     return run
 
 
+def trainer(engine: str, kind: str, folder: Path, args, data: list[dict]) -> Callable[[int], None]:
+    """step(i): one AdamW step of engine's `kind` model on data[i]."""
+    model = load_torch(engine, kind, folder, args.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    extra = {"sparse_logits": True} if kind == "mlm" and engine.startswith("ours") else {}
+
+    def step(i: int) -> None:
+        batch = {k: v.to(args.device) for k, v in data[i].items()}
+        with autocast(args):
+            loss = model(**batch, **extra).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def onnxruntime_fn(folder: Path):
     """transformers' RobertaModel exported to ONNX, optimised by onnxruntime's BERT fusions."""
     import onnxruntime as ort
@@ -185,7 +224,7 @@ def ctranslate2_fn(folder: Path, device: str):
     return run
 
 
-# ---- timing ------------------------------------------------------------------------------------
+# ---- timing
 
 
 def sync(device: str) -> None:
@@ -193,7 +232,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device: str) -> np.ndarray:
+def autocast(args):
+    enabled = args.dtype == "bf16"
+    return torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=enabled)
+
+
+def timed(fn: Callable[[], object], device: str) -> np.ndarray:
     """[wall seconds, this process's CPU seconds] that fn() takes."""
     sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -202,89 +246,85 @@ def timed(fn, device: str) -> np.ndarray:
     return np.array([time.perf_counter() - wall, time.process_time() - cpu])
 
 
+def interleave(fns: dict[str, Callable[[int], object]], units, device: str) -> dict[str, list[np.ndarray]]:
+    """Time fns[engine](i) for each i in units, the engines taking turns; the first engine rotates
+    from unit to unit. Returns each engine's [wall, cpu] seconds per unit."""
+    names, times = list(fns), {e: [] for e in fns}
+    for k, i in enumerate(units):
+        LOADS.append(os.getloadavg()[0])
+        for e in names[k % len(names) :] + names[: k % len(names)]:
+            times[e].append(timed(lambda e=e, i=i: fns[e](i), device))
+    return times
+
+
 def rates(name: str, amount: float, seconds: np.ndarray) -> dict[str, float]:
     """{name: amount per wall second, name_cpu: amount per CPU second}."""
     return {name: amount / seconds[0], name + "_cpu": amount / seconds[1]}
 
 
-def peak_memory_mib(device: str) -> float:
-    """Peak so far: GPU max allocated, else this process's max RSS."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+# ---- speed: all engines in this process, taking turns -------------------------------------------
 
 
-def autocast(args):
-    enabled = args.dtype == "bf16"
-    return torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=enabled)
-
-
-# ---- the worker: one engine, every workload, in its own process ---------------------------------
-
-
-def run_inference(engine: str, args, config: RobertaConfig, folder: Path, out: Path) -> dict:
-    encode = encode_fn(engine, folder, args.device)
+def measure_inference(engines: list[str], args, config: RobertaConfig, folder: Path) -> dict[str, dict]:
+    """A and B for every engine, and each one's largest difference from transformers-sdpa."""
     a = batches(lengths_a(config, args.quick), 32, config.vocab_size)
     b = padded([128] * 8, config.vocab_size, seed=99)
-    res = {}
+    fns = {}
+    for e in engines:
+        try:
+            fns[e] = encode_fn(e, folder, args.device)
+        except Exception as err:  # an optional engine that cannot run here is left out, not fatal
+            print(f"  {e} left out: {type(err).__name__}: {err}", file=sys.stderr)
+    res = {e: {} for e in fns}
     with torch.inference_mode(), autocast(args):
-        torch.save(encode(*a[0]).float().cpu(), out / f"{engine}.pt")  # warm-up, and the accuracy check
-        if not (engine == "ours-bf16" and args.quick):
-            seconds = sum(timed(lambda x=x: encode(*x), args.device) for x in a)
-            res.update(rates("A", sum(int(m.sum()) for _, m in a), seconds))
-        encode(*b)
-        times = np.median([timed(lambda: encode(*b), args.device) for _ in range(3 if args.quick else 10)], 0)
-        res["B"], res["B_cpu"] = 1e3 * times
-    res["mem_inference"] = peak_memory_mib(args.device)
+        first = {e: fn(*a[0]).float().cpu() for e, fn in fns.items()}  # warm-up, and accuracy
+        for fn in fns.values():
+            fn(*b)
+        on_a = {e: fn for e, fn in fns.items() if not (e == "ours-bf16" and args.quick)}
+        times = interleave(
+            {e: lambda i, fn=fn: fn(*a[i]) for e, fn in on_a.items()}, range(len(a)), args.device
+        )
+        real = sum(int(m.sum()) for _, m in a)
+        for e, t in times.items():
+            res[e].update(rates("A", real, sum(t)))
+        reps = range(3 if args.quick else 10)
+        times = interleave({e: lambda i, fn=fn: fn(*b) for e, fn in fns.items()}, reps, args.device)
+        for e, t in times.items():
+            res[e]["B"], res[e]["B_cpu"] = 1e3 * np.median(t, axis=0)
+    real_a = a[0][1].bool()
+    if REFERENCE in first:
+        for e, out in first.items():
+            res[e]["max_abs_diff"] = float((out[real_a] - first[REFERENCE][real_a]).abs().max())
     return res
 
 
-def train_step(model, optimizer, args, **batch) -> None:
-    with autocast(args):
-        loss = model(**batch).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+def measure_training(name: str, kind: str, data: list[dict], amount: float, args, folder: Path) -> dict:
+    """C or D for the trainable engines: one warm-up step each, then the steps taking turns."""
+    steps = {e: trainer(e, kind, folder, args, data) for e in TRAINABLE}
+    for step in steps.values():
+        step(0)
+    times = interleave(steps, range(1, len(data)), args.device)
+    return {e: rates(name, amount, sum(t)) for e, t in times.items()}
 
 
-def run_finetune(engine: str, args, config: RobertaConfig, folder: Path) -> dict[str, float]:
-    """C: real tokens/s of sequence-classification steps on batches of 16 with A's lengths."""
-    model = load_torch(engine, "classifier", folder, args.device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    steps = 2 if args.quick else 10
-    data = batches(lengths_a(config, args.quick)[: 16 * (steps + 1)], 16, config.vocab_size)
-    labels = [torch.arange(len(ids), device=args.device) % 2 for ids, _ in data]
-
-    def step(i):
-        ids, mask = data[i][0].to(args.device), data[i][1].to(args.device)
-        train_step(model, optimizer, args, input_ids=ids, attention_mask=mask, labels=labels[i])
-
-    step(0)  # warm-up
-    seconds = sum(timed(lambda i=i: step(i), args.device) for i in range(1, len(data)))
-    return rates("C", sum(int(m.sum()) for _, m in data[1:]), seconds)
-
-
-def run_pretrain(engine: str, args, config: RobertaConfig, folder: Path) -> dict[str, float]:
-    """D: tokens/s of MLM steps on packed 128-token blocks; on GPU also the model-FLOPs utilisation."""
-    model = load_torch(engine, "mlm", folder, args.device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    n_blocks = 8 if config.hidden_size >= 768 else 32
-    data = [mlm_batch(n_blocks, config.vocab_size, seed=s) for s in range(1 + (2 if args.quick else 6))]
-    is_ours = engine.startswith("ours")
-
-    def step(i):
-        ids, labels = data[i][0].to(args.device), data[i][1].to(args.device)
-        extra = {"sparse_logits": True} if is_ours else {}
-        train_step(model, optimizer, args, input_ids=ids, labels=labels, **extra)
-
-    step(0)
-    seconds = sum(timed(lambda i=i: step(i), args.device) for i in range(1, len(data)))
-    tokens = sum(ids.numel() for ids, _ in data[1:])
-    masked = sum(int(labels.ne(-100).sum()) for _, labels in data[1:])
-    res = rates("D", tokens, seconds)
-    if args.device.startswith("cuda"):
-        res["mfu_D"] = model_flops(config, tokens, masked) / seconds[0] / H200_BF16_PEAK
-    return res
+def measure_speed(engines: list[str], args, config: RobertaConfig, folder: Path) -> dict[str, dict]:
+    results = measure_inference(engines, args, config, folder)
+    gc.collect()
+    c, d = c_data(config, args.quick), d_data(config, args.quick)
+    real_c = sum(int(x["attention_mask"].sum()) for x in c[1:])
+    tokens_d = sum(x["input_ids"].numel() for x in d[1:])
+    for e, r in measure_training("C", "classifier", c, real_c, args, folder).items():
+        results[e].update(r)
+    gc.collect()
+    masked_d = sum(int(x["labels"].ne(-100).sum()) for x in d[1:])
+    for e, r in measure_training("D", "mlm", d, tokens_d, args, folder).items():
+        results[e].update(r)
+        if args.device.startswith("cuda"):  # model FLOPs per token x tokens/s, over the peak
+            flops_per_token = model_flops(config, tokens_d, masked_d) / tokens_d
+            results[e]["mfu_D"] = flops_per_token * r["D"] / H200_BF16_PEAK
+    if args.device.startswith("cuda"):  # CPU time says nothing about GPU work
+        results = {e: {k: v for k, v in r.items() if not k.endswith("_cpu")} for e, r in results.items()}
+    return results
 
 
 def model_flops(config: RobertaConfig, tokens: int, masked: int, T: int = 128) -> float:
@@ -296,26 +336,69 @@ def model_flops(config: RobertaConfig, tokens: int, masked: int, T: int = 128) -
     return 3 * (tokens * per_token + masked * head)
 
 
-def worker(args) -> None:
-    config = preset(args.config)
-    folder, out = Path(args.folder), Path(args.out)
+# ---- memory: one fresh worker process per engine ------------------------------------------------
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start measuring a new peak, once the model is loaded: loading is not the workload."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM, the peak RSS
+    except OSError:
+        pass
+
+
+def peak_memory_mib(device: str) -> float:
+    """Peak since the last reset: GPU max allocated, else the peak RSS (weights included)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024  # kB
+    except (OSError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # since start, KiB on Linux
+
+
+def memory_worker(args) -> None:
+    """Peak memory of one engine on A's longest batch + B, one C step, one D step; JSON to --out."""
+    engine, config, folder = args.worker, preset(args.config), Path(args.folder)
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = {"engine": args.worker, "load_start": os.getloadavg(), "threads": torch.get_num_threads()}
-    res.update(run_inference(args.worker, args, config, folder, out))
-    if args.worker in ("ours", "transformers-sdpa", "transformers-eager"):
-        if args.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        res.update(run_finetune(args.worker, args, config, folder))
-        res.update(run_pretrain(args.worker, args, config, folder))
-        res["mem_training"] = peak_memory_mib(args.device)
-    if args.device.startswith("cuda"):  # CPU time says nothing about GPU work
-        res = {k: v for k, v in res.items() if not k.endswith("_cpu")}
-    res["load_end"] = os.getloadavg()
-    (out / f"{args.worker}.json").write_text(json.dumps(res))
+    a = batches(lengths_a(config, args.quick), 32, config.vocab_size)
+    encode = encode_fn(engine, folder, args.device)
+    res = {}
+    reset_peak_memory(args.device)
+    with torch.inference_mode(), autocast(args):
+        encode(*max(a, key=lambda x: x[0].numel()))
+        encode(*padded([128] * 8, config.vocab_size, seed=99))
+    res["mem_inference"] = peak_memory_mib(args.device)
+    del encode
+    if engine in TRAINABLE:
+        c = max(c_data(config, args.quick), key=lambda x: x["input_ids"].numel())
+        for key, kind, data in (("mem_C", "classifier", [c]), ("mem_D", "mlm", d_data(config, args.quick))):
+            gc.collect()
+            step = trainer(engine, kind, folder, args, data)
+            reset_peak_memory(args.device)
+            step(0)
+            res[key] = peak_memory_mib(args.device)
+            del step
+    Path(args.out).write_text(json.dumps(res))
 
 
-# ---- the run: weights, workers, table ----------------------------------------------------------
+def measure_memory(engine: str, args, folder: Path, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", engine, "--folder", str(folder), "--out", str(out)]
+    cmd += ["--config", args.config, "--device", args.device, "--dtype", args.dtype]
+    cmd += ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        print(f"  memory of {engine} not measured:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return {}
+    return json.loads(out.read_text())
+
+
+# ---- the run -----------------------------------------------------------------------------------
 
 
 def preset(name: str) -> RobertaConfig:
@@ -337,7 +420,7 @@ def engines_here(args) -> list[str]:
     """Always ours and transformers; the others when they make sense here and are installed."""
     import importlib.util
 
-    names = ["transformers-sdpa", "ours", "transformers-eager"]
+    names = list(TRAINABLE)
     if args.device == "cpu" and args.dtype == "fp32":
         names.append("ours-bf16")
     if args.device == "cpu" and importlib.util.find_spec("onnxruntime"):
@@ -345,31 +428,6 @@ def engines_here(args) -> list[str]:
     if importlib.util.find_spec("ctranslate2"):
         names.append("ctranslate2")
     return names
-
-
-def run_worker(engine: str, args, folder: Path, out: Path) -> dict | None:
-    cmd = [sys.executable, __file__, "--worker", engine, "--folder", str(folder), "--out", str(out)]
-    cmd += ["--config", args.config, "--device", args.device, "--dtype", args.dtype]
-    cmd += ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
-    print(f"  {engine} ...", end=" ", flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    print(f"{time.perf_counter() - start:.0f} s", flush=True)
-    if proc.returncode:
-        print(f"  {engine} failed, left out:\n{proc.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return json.loads((out / f"{engine}.json").read_text())
-
-
-def accuracy(results: dict, config: RobertaConfig, args, out: Path) -> None:
-    """max |last hidden state - transformers-sdpa's| over the real positions of A's first batch."""
-    _, mask = batches(lengths_a(config, args.quick), 32, config.vocab_size)[0]
-    ref_path = out / f"{REFERENCE}.pt"
-    if not ref_path.exists():
-        return
-    ref = torch.load(ref_path)[mask.bool()]
-    for engine, res in results.items():
-        res["max_abs_diff"] = float((torch.load(out / f"{engine}.pt")[mask.bool()] - ref).abs().max())
 
 
 def gemm_gflops() -> dict[str, float]:
@@ -405,8 +463,9 @@ ROWS = [  # key, label, how the ratio column reads it
     ("B_cpu", "B CPU ms per batch", "shorter"),
     ("C_cpu", "C real tokens per CPU-second", "faster"),
     ("D_cpu", "D tokens per CPU-second", "faster"),
-    ("mem_inference", "peak memory inference, MiB", "memory"),
-    ("mem_training", "peak memory training, MiB", "memory"),
+    ("mem_inference", "peak memory A+B, MiB", "memory"),
+    ("mem_C", "peak memory C, MiB", "memory"),
+    ("mem_D", "peak memory D, MiB", "memory"),
     ("max_abs_diff", "max |diff| vs transformers-sdpa", None),
 ]
 
@@ -426,11 +485,6 @@ def table(results: dict) -> str:
         if ours and ref and kind:
             ratio = f"{(ref / ours if kind == 'shorter' else ours / ref):.2f}x"
         lines.append(f"{label:34}{cells}{ratio:>14}")
-    loads = "".join(
-        f"{'{:.1f}->{:.1f}'.format(results[e]['load_start'][0], results[e]['load_end'][0]):>20}"
-        for e in engines
-    )
-    lines.append(f"{'load average (1 min), start->end':34}{loads}")
     return "\n".join(lines)
 
 
@@ -450,7 +504,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast for every engine"
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads per engine (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
@@ -461,29 +515,37 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
-        return worker(args)
-    config = preset(args.config)
-    started = time.perf_counter()
+        return memory_worker(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config, started = preset(args.config), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="roberta-speed-") as tmp:
         folder = save_reference(config, Path(tmp) / "weights")
-        print(f"config {args.config}, device {args.device}, {args.dtype}, quick={args.quick}; workers:")
-        results = {}
-        for engine in engines_here(args):
-            res = run_worker(engine, args, folder, Path(tmp))
-            if res is not None:
-                results[engine] = res
-        accuracy(results, config, args, Path(tmp))
+        engines = engines_here(args)
+        print(
+            f"{args.config}, {args.device}, {args.dtype}, {torch.get_num_threads()} threads, quick={args.quick}"
+        )
+        print(f"speed, engines taking turns: {', '.join(engines)}", flush=True)
+        results = measure_speed(engines, args, config, folder)
+        print(f"memory, one worker per engine ({time.perf_counter() - started:.0f} s so far)", flush=True)
+        for e in results:
+            results[e].update(measure_memory(e, args, folder, Path(tmp) / f"{e}.json"))
     report = {
         "config": args.config, "device": args.device, "dtype": args.dtype, "quick": args.quick,
-        "torch": torch.__version__, "cpu_count": os.cpu_count(), "seconds": time.perf_counter() - started,
-        "results": results,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+        "load_average": {"min": min(LOADS), "mean": float(np.mean(LOADS)), "max": max(LOADS)},
+        "seconds": time.perf_counter() - started, "results": results,
     }  # fmt: skip
     if args.device == "cpu":
         report["gemm_gflops_one_thread"] = gemm_gflops()
     print(table(results))
+    load = report["load_average"]
+    print(
+        f"load average (1 min) while timing: min {load['min']:.1f}, mean {load['mean']:.1f}, max {load['max']:.1f}"
+    )
     if "gemm_gflops_one_thread" in report:
-        print("fp32 GEMM, one thread, GFLOP/s: " + ", ".join(
-            f"{k} {v:.0f}" for k, v in report["gemm_gflops_one_thread"].items()))  # fmt: skip
+        gemm = ", ".join(f"{k} {v:.0f}" for k, v in report["gemm_gflops_one_thread"].items())
+        print(f"fp32 GEMM, one thread, GFLOP/s: {gemm}")
     print(f"total {report['seconds']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
