@@ -19,8 +19,8 @@ Inference runs under torch.inference_mode; training in train mode with dropout a
 
 How. Speed: all engines live in this process and take turns on each batch or step (the first
 engine rotates), so that all see the same share of a busy CPU; every engine warms up first.
-Memory: one fresh worker process per engine runs A's longest batch, B, one C step on C's longest
-batch and one D step, and reports its peak: RSS on CPU (weights included, the transient of
+Memory: one fresh worker process per engine runs A's longest batch, B, two C steps on C's
+longest batch and two D steps, and reports its peaks: RSS on CPU (weights included, the transient of
 loading them excluded), max allocated on GPU. Accuracy: the largest difference of each engine's
 last hidden state from transformers-sdpa's on A's first batch, at real positions.
 On CPU the `ours-bf16` column is our model with bf16 weights (B only under --quick: without
@@ -189,12 +189,20 @@ def onnxruntime_fn(folder: Path):
     from onnxruntime.transformers.optimizer import optimize_model
 
     model = transformers.RobertaModel.from_pretrained(folder, attn_implementation="eager").eval()
-    path = folder / "model.onnx"
-    ids, mask = padded([12, 7], model.config.vocab_size, 0)
+
+    class LastHidden(torch.nn.Module):  # positional (ids, mask) in, one tensor out: what export wants
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    path, axes = folder / "model.onnx", {0: "batch", 1: "length"}
     torch.onnx.export(
-        model, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-        output_names=["last_hidden_state"], dynamic_axes={"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"}},
-        dynamo=False,
+        LastHidden().eval(), padded([12, 7], model.config.vocab_size, 0), str(path),
+        input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+        dynamic_axes={"input_ids": axes, "attention_mask": axes}, dynamo=False,
     )  # fmt: skip
     cfg = model.config
     optimize_model(str(path), "bert", cfg.num_attention_heads, cfg.hidden_size).save_model_to_file(str(path))
@@ -213,15 +221,25 @@ def ctranslate2_fn(folder: Path, device: str):
 
     out = folder / "ct2"
     if not out.exists():
+        vocab_size = json.loads((folder / "config.json").read_text())["vocab_size"]
+        write_placeholder_vocabulary(folder, vocab_size)
         ctranslate2.converters.TransformersConverter(str(folder)).convert(str(out))
     encoder = ctranslate2.Encoder(str(out), device=device, compute_type="float32")
 
     def run(ids, mask):
         seqs = [row[: int(m.sum())].tolist() for row, m in zip(ids, mask)]
-        hidden = torch.as_tensor(np.array(encoder.forward_batch(seqs).last_hidden_state))
-        return hidden
+        return torch.as_tensor(np.array(encoder.forward_batch(seqs).last_hidden_state))
 
     return run
+
+
+def write_placeholder_vocabulary(folder: Path, vocab_size: int) -> None:
+    """The converter copies a tokenizer's vocabulary; our ids are random, so any tokens will do:
+    RoBERTa's specials at their ids and placeholders between."""
+    special = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": vocab_size - 1}
+    vocab = {**{f"t{i}": i for i in range(4, vocab_size - 1)}, **special}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
 # ---- timing
@@ -375,13 +393,17 @@ def memory_worker(args) -> None:
         encode(*padded([128] * 8, config.vocab_size, seed=99))
     res["mem_inference"] = peak_memory_mib(args.device)
     del encode
-    if engine in TRAINABLE:
+    if engine in TRAINABLE:  # two steps: the second one runs with the optimizer's state in place
         c = max(c_data(config, args.quick), key=lambda x: x["input_ids"].numel())
-        for key, kind, data in (("mem_C", "classifier", [c]), ("mem_D", "mlm", d_data(config, args.quick))):
+        for key, kind, data in (
+            ("mem_C", "classifier", [c, c]),
+            ("mem_D", "mlm", d_data(config, args.quick)),
+        ):
             gc.collect()
             step = trainer(engine, kind, folder, args, data)
             reset_peak_memory(args.device)
             step(0)
+            step(1)
             res[key] = peak_memory_mib(args.device)
             del step
     Path(args.out).write_text(json.dumps(res))
