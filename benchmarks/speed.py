@@ -206,7 +206,9 @@ def onnxruntime_fn(folder: Path):
     )  # fmt: skip
     cfg = model.config
     optimize_model(str(path), "bert", cfg.num_attention_heads, cfg.hidden_size).save_model_to_file(str(path))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as the torch engines
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(ids, mask):
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
@@ -224,7 +226,8 @@ def ctranslate2_fn(folder: Path, device: str):
         vocab_size = json.loads((folder / "config.json").read_text())["vocab_size"]
         write_placeholder_vocabulary(folder, vocab_size)
         ctranslate2.converters.TransformersConverter(str(folder)).convert(str(out))
-    encoder = ctranslate2.Encoder(str(out), device=device, compute_type="float32")
+    threads = torch.get_num_threads()  # the same threads as the torch engines
+    encoder = ctranslate2.Encoder(str(out), device=device, compute_type="float32", intra_threads=threads)
 
     def run(ids, mask):
         seqs = [row[: int(m.sum())].tolist() for row, m in zip(ids, mask)]
