@@ -110,6 +110,7 @@ def add_pretrain(sub) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--cache-dir", help="where tokenized corpora are cached (default ~/.cache/roberta/tokens)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="processes building batches ahead (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
     p.set_defaults(func=run_pretrain)
 
@@ -142,6 +143,7 @@ def run_pretrain(args) -> None:
         save_every_minutes=args.save_every_minutes,
         precision=args.precision,
         seed=args.seed,
+        num_workers=args.workers,
     )
     tok = Tokenizer.from_pretrained(args.tokenizer)
     result = pretrain(
@@ -245,6 +247,7 @@ def _finetune_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, help="evaluate every N steps (default: each epoch)")
     p.add_argument("--patience", type=int, help="stop after N evaluations without a better dev score")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="processes building batches ahead (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -264,6 +267,7 @@ def run_finetune(args) -> None:
         eval_every=args.eval_every,
         patience=args.patience,
         seed=args.seed,
+        num_workers=args.workers,
         progress=not args.no_progress,
     )
     common = dict(max_length=args.max_length, resume=args.resume)

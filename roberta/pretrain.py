@@ -146,12 +146,24 @@ class Blocks:
 
 @dataclass
 class Masker:
-    """RoBERTa's dynamic masking (see the module docstring)."""
+    """RoBERTa's dynamic masking (see the module docstring).
+
+    Each block draws its randomness from its own generator, seeded by (seed, epoch, index): one
+    vector of 3T + 1 uniforms (the rounding offset of the count; a score per position, the n lowest
+    candidates are chosen; a draw for 80/10/10; a draw for the random replacement). The rest is
+    computed for the whole batch at once, so a block's mask never depends on its batch.
+    """
 
     mask_id: int
     special_ids: torch.Tensor  # (S,) ids never chosen: <s> <pad> </s> <unk> <mask>
     random_ids: torch.Tensor  # (R,) ids a chosen token may be replaced by
     mask_prob: float = 0.15
+
+    def __post_init__(self) -> None:
+        size = int(max(self.special_ids.max(), self.random_ids.max(), self.mask_id)) + 1
+        self.is_special = torch.zeros(size, dtype=torch.bool)  # (V,) lookup table
+        self.is_special[self.special_ids] = True
+        self._generator = torch.Generator()
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> Masker:
@@ -165,34 +177,51 @@ class Masker:
 
     def __call__(self, ids: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (T,) -> (input_ids (T,), labels (T,): the original id where chosen, -100 elsewhere)."""
-        candidate = ~torch.isin(ids, self.special_ids)  # (T,)
-        n = int(self.mask_prob * int(candidate.sum()) + float(torch.rand((), generator=generator)))
-        scores = torch.rand(ids.shape, generator=generator).masked_fill(~candidate, 2.0)
-        chosen = scores.argsort()[:n]  # n random candidate positions
-        labels = torch.full_like(ids, IGNORE_INDEX)
-        labels[chosen] = ids[chosen]
-        u = torch.rand(n, generator=generator)
-        out = ids.clone()
-        out[chosen[u < 0.8]] = self.mask_id
-        swap = chosen[(u >= 0.8) & (u < 0.9)]
-        pick = torch.randint(len(self.random_ids), (len(swap),), generator=generator)
-        out[swap] = self.random_ids[pick]
-        return out, labels
+        draws = torch.rand(3 * len(ids) + 1, generator=generator)
+        out, labels = self._mask(ids[None], torch.ones(1, len(ids), dtype=torch.bool), draws[None])
+        return out[0], labels[0]
 
     def mask_block(self, ids: torch.Tensor, seed: int, epoch: int, index: int):
         """Mask block `index` as seen in `epoch`: the same (seed, epoch, index) gives the same mask."""
-        return self(ids, torch.Generator().manual_seed(mix_seed(seed, epoch, index)))
+        return self(ids, self._generator.manual_seed(mix_seed(seed, epoch, index)))
 
+    def mask_batch(
+        self, blocks: Sequence[torch.Tensor], seed: int, epoch: int, indices: Sequence[int], pad_id: int
+    ) -> Batch:
+        """Blocks (T_i,) with their indices -> input_ids, attention_mask, labels: (B, T) padded
+        with pad_id / 0 / -100. Row i equals `mask_block(blocks[i], seed, epoch, indices[i])`."""
+        B, T = len(blocks), max(len(b) for b in blocks)
+        ids = torch.full((B, T), pad_id, dtype=torch.long)
+        real = torch.zeros((B, T), dtype=torch.bool)
+        draws = torch.zeros((B, 3 * T + 1))
+        for i, (block, index) in enumerate(zip(blocks, indices)):
+            n = len(block)
+            ids[i, :n], real[i, :n] = block, True
+            d = torch.rand(3 * n + 1, generator=self._generator.manual_seed(mix_seed(seed, epoch, index)))
+            draws[i, 0] = d[0]
+            for part in range(3):  # scores, 80/10/10 draw, replacement draw: each T wide
+                draws[i, 1 + part * T : 1 + part * T + n] = d[1 + part * n : 1 + (part + 1) * n]
+        out, labels = self._mask(ids, real, draws)
+        return {"input_ids": out, "attention_mask": real.long(), "labels": labels}
 
-def collate(rows: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> Batch:
-    """[(input_ids (T_i,), labels (T_i,))] -> input_ids, attention_mask, labels: (B, T) padded."""
-    width = max(len(r[0]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
-        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = x, y, 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    def _mask(
+        self, ids: torch.Tensor, real: torch.Tensor, draws: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids, real: (B, T); draws: (B, 3T + 1) uniforms laid out as in `mask_batch`."""
+        B, T = ids.shape
+        offset = draws[:, 0]  # (B,)
+        scores, kind, pick = draws[:, 1:].reshape(B, 3, T).unbind(1)  # 3 x (B, T)
+        candidate = real & ~self.is_special[ids]  # (B, T)
+        n = (self.mask_prob * candidate.sum(1) + offset).long()  # (B,) fairseq's int(0.15 * c + u)
+        order = scores.masked_fill(~candidate, 2.0).argsort(dim=1)  # candidates first, in random order
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(T).expand_as(order))  # (B, T)
+        chosen = rank < n[:, None]
+        labels = torch.where(chosen, ids, IGNORE_INDEX)
+        out = torch.where(chosen & (kind < 0.8), self.mask_id, ids)
+        swap = chosen & (kind >= 0.8) & (kind < 0.9)
+        R = len(self.random_ids)
+        replacement = self.random_ids[(pick * R).long().clamp(max=R - 1)]  # (B, T)
+        return torch.where(swap, replacement, out), labels
 
 
 class MLMBatches(ShuffledBatches):
@@ -203,8 +232,9 @@ class MLMBatches(ShuffledBatches):
         super().__init__(len(blocks), batch_size, self._make, seed=seed)
 
     def _make(self, indices: list[int], epoch: int) -> Batch:
-        rows = [self.masker.mask_block(self.blocks[i], self.seed, epoch, i) for i in indices]
-        return collate(rows, self.pad_id)
+        return self.masker.mask_batch(
+            [self.blocks[i] for i in indices], self.seed, epoch, indices, self.pad_id
+        )
 
 
 def mlm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -236,8 +266,9 @@ def evaluate_mlm(
     n = len(blocks) if max_blocks is None else min(max_blocks, len(blocks))
     loss_sum, correct, count = 0.0, 0, 0
     for start in range(0, n, batch_size):
-        rows = [masker.mask_block(blocks[i], seed, 0, i) for i in range(start, min(n, start + batch_size))]
-        batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+        indices = range(start, min(n, start + batch_size))
+        batch = masker.mask_batch([blocks[i] for i in indices], seed, 0, indices, pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(**batch, sparse_logits=True).logits.float()  # (N, V)
         target = batch["labels"][batch["labels"] != IGNORE_INDEX]  # (N,)
         loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))

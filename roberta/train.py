@@ -78,6 +78,7 @@ class TrainConfig:
     early_stopping_mode: str = "max"  # "max": higher is better; "min": lower is better
     patience: int | None = None  # evaluations without improvement before stopping
     precision: str = "auto"  # "auto": bf16 on a GPU that has it, else fp32
+    num_workers: int = 0  # processes building micro-batches ahead of the step (0: built in the loop)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -89,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"early_stopping_mode must be 'max' or 'min', got {self.early_stopping_mode!r}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be at least 1")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
         self.betas = tuple(self.betas)
 
 
@@ -424,6 +427,8 @@ class Trainer:
         self.best: float | None = None
         self.bad_evals = 0
         self.last_eval: dict[str, float] | None = None
+        self._ahead: Iterator[Batch] | None = None
+        self._plotted = time.monotonic()
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.dist.world == 1:
@@ -483,10 +488,40 @@ class Trainer:
     # -- one step ------------------------------------------------------------------------------
 
     def micro_batches(self) -> Iterator[Batch]:
-        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-        for i in micro_batch_indices(in_epoch, self.cfg.grad_accum, self.dist):
-            batch = self.source.batch(epoch, i)
-            yield {k: v.to(self.dist.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        """This step's micro-batches, on the device: built here, or taken from the workers."""
+        if self._ahead is None:
+            epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+            batches = (
+                self.source.batch(epoch, i)
+                for i in micro_batch_indices(in_epoch, self.cfg.grad_accum, self.dist)
+            )
+        else:
+            batches = (next(self._ahead) for _ in range(self.cfg.grad_accum))
+        for batch in batches:
+            yield {
+                k: v.to(self.dist.device, non_blocking=True) if torch.is_tensor(v) else v
+                for k, v in batch.items()
+            }
+
+    def _start_workers(self) -> None:
+        """With cfg.num_workers, worker processes build the micro-batches of the coming steps, in
+        order (the same batches as without them: a batch depends only on its (epoch, index))."""
+        if self.cfg.num_workers == 0:
+            return
+        ahead = _Ahead(
+            self.source, self.step, self.steps_per_epoch, self.cfg.grad_accum, self.dist, self.total_steps
+        )
+        methods = torch.multiprocessing.get_all_start_methods()
+        loader = torch.utils.data.DataLoader(
+            ahead,
+            batch_size=None,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.dist.device.type == "cuda",
+            prefetch_factor=4,
+            multiprocessing_context="fork" if "fork" in methods else None,
+            generator=torch.Generator(),  # its own seed draw: the global RNG (dropout) stays as it was
+        )
+        self._ahead = iter(loader)
 
     def train_step(self) -> tuple[float, int]:
         """One optimizer update over grad_accum micro-batches; returns (mean loss, tokens) summed
@@ -572,6 +607,7 @@ class Trainer:
         self.started = time.monotonic()
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
+        self._start_workers()
         bar = self._progress_bar()
         last_save, window = time.monotonic(), _Window()
         reason = self.stop_reason()
@@ -589,6 +625,7 @@ class Trainer:
                 self.save("last")
                 last_save = time.monotonic()
         bar.close()
+        self._ahead = None  # ends the workers
         return self._finish(reason)
 
     def _finish(self, reason: str) -> TrainResult:
@@ -614,8 +651,9 @@ class Trainer:
             {"loss": loss, "lr": lr, "tokens_per_s": tps, "tokens": self.tokens, "elapsed_s": self.elapsed()}
         )
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}")
-        if self.dist.main and self.step % (self.cfg.log_every * 10) == 0:
+        if self.dist.main and time.monotonic() - self._plotted >= 60:  # the PNG: once a minute at most
             plot_metrics(self.out)
+            self._plotted = time.monotonic()
 
     def _progress_bar(self):
         from tqdm.auto import tqdm
@@ -627,6 +665,31 @@ class Trainer:
         return tqdm(
             total=limit, initial=self.step, desc="train", unit="step", disable=disable, dynamic_ncols=True
         )
+
+
+class _Ahead(torch.utils.data.Dataset):
+    """Item k: this rank's micro-batch k counted from `first_step` (slot k % A of step first_step + k // A)."""
+
+    def __init__(
+        self,
+        source: DataSource,
+        first_step: int,
+        steps_per_epoch: int,
+        grad_accum: int,
+        d: Dist,
+        last_step: int,
+    ):
+        self.source, self.first_step, self.steps_per_epoch = source, first_step, steps_per_epoch
+        self.grad_accum, self.dist = grad_accum, d
+        self.count = max(0, last_step - first_step) * grad_accum
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, k: int) -> Batch:
+        step, slot = divmod(k, self.grad_accum)
+        epoch, in_epoch = divmod(self.first_step + step, self.steps_per_epoch)
+        return self.source.batch(epoch, micro_batch_indices(in_epoch, self.grad_accum, self.dist)[slot])
 
 
 class _Window:

@@ -157,6 +157,34 @@ def test_resume_after_interruption_is_exact(tmp_path):
     assert losses(cut) == pytest.approx(losses(whole), abs=1e-6)
 
 
+def test_worker_processes_give_the_same_run_and_resume(tmp_path):
+    """num_workers builds batches ahead in other processes: same losses and weights as building
+    them in the loop, also when the run is cut after step 3 and resumed (workers restart there)."""
+    plain, ahead, cut = tmp_path / "plain", tmp_path / "ahead", tmp_path / "cut"
+    T.train(tiny_model(), tiny_source(), config(plain, grad_accum=2))
+    T.train(tiny_model(), tiny_source(), config(ahead, grad_accum=2, num_workers=2))
+    assert max_diff(weights(plain / "last"), weights(ahead / "last")) == 0.0
+    assert losses(ahead) == losses(plain)
+
+    calls = []
+
+    def dies_at_step_4(model, batch):
+        calls.append(1)
+        if len(calls) > 6:  # 2 micro-batches per step
+            raise KeyboardInterrupt
+        return T.default_loss(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        T.train(
+            tiny_model(),
+            tiny_source(),
+            config(cut, grad_accum=2, num_workers=2, save_every_minutes=0),
+            loss_fn=dies_at_step_4,
+        )
+    T.train(tiny_model(seed=1), tiny_source(), config(cut, grad_accum=2, num_workers=2), resume=True)
+    assert max_diff(weights(plain / "last"), weights(cut / "last")) <= 1e-6
+
+
 def test_early_stopping_keeps_the_best(tmp_path):
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.1, 0.1])
     cfg = config(tmp_path, max_steps=20, eval_every=2, early_stopping_metric="acc", patience=2)
