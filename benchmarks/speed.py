@@ -223,8 +223,12 @@ def ctranslate2_fn(folder: Path, device: str):
 
     out = folder / "ct2"
     if not out.exists():
-        vocab_size = json.loads((folder / "config.json").read_text())["vocab_size"]
-        write_placeholder_vocabulary(folder, vocab_size)
+        config = json.loads((folder / "config.json").read_text())
+        write_placeholder_vocabulary(folder, config["vocab_size"])
+        # CTranslate2's converter reads config.position_embedding_type, which transformers 5 no longer
+        # writes; "absolute" is what it meant (learned positions)
+        config.setdefault("position_embedding_type", "absolute")
+        (folder / "config.json").write_text(json.dumps(config))
         ctranslate2.converters.TransformersConverter(str(folder)).convert(str(out))
     threads = torch.get_num_threads()  # the same threads as the torch engines
     encoder = ctranslate2.Encoder(str(out), device=device, compute_type="float32", intra_threads=threads)

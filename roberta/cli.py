@@ -406,6 +406,7 @@ def _task_args(p: argparse.ArgumentParser, texts: bool = True) -> None:
     _model_arg(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument("--max-tokens", type=int, help="also at most this many tokens (padded) per forward pass")
     p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
 
 
@@ -469,7 +470,7 @@ def run_fill_mask(args) -> None:
     from roberta.predict import FillMask
 
     texts = _read_texts(args)
-    results = FillMask.from_pretrained(args.model, device=args.device).fill_mask(
+    results = FillMask.from_pretrained(args.model, device=args.device, max_tokens=args.max_tokens).fill_mask(
         texts, args.top_k, args.batch_size
     )
     for text, result in zip(texts, results):
@@ -494,7 +495,9 @@ def run_classify(args) -> None:
     from roberta.predict import Classifier
 
     texts = _read_texts(args)
-    results = Classifier.from_pretrained(args.model, device=args.device).classify(texts, args.batch_size)
+    results = Classifier.from_pretrained(args.model, device=args.device, max_tokens=args.max_tokens).classify(
+        texts, args.batch_size
+    )
     if not args.json:
         print(f"{'label':20}  {'score':>8}  text")
     for text, r in zip(texts, results):
@@ -519,7 +522,9 @@ def run_ner(args) -> None:
     from roberta.predict import Tagger
 
     texts = _read_texts(args)
-    results = Tagger.from_pretrained(args.model, device=args.device).tag(texts, args.batch_size)
+    results = Tagger.from_pretrained(args.model, device=args.device, max_tokens=args.max_tokens).tag(
+        texts, args.batch_size
+    )
     for text, entities in zip(texts, results):
         if args.json:
             print(json.dumps({"text": text, "entities": entities}, ensure_ascii=False))
@@ -568,7 +573,9 @@ def run_qa(args) -> None:
     from roberta.predict import QuestionAnswerer
 
     questions, contexts = _read_questions(args)
-    results = QuestionAnswerer.from_pretrained(args.model, device=args.device).answer(
+    results = QuestionAnswerer.from_pretrained(
+        args.model, device=args.device, max_tokens=args.max_tokens
+    ).answer(
         questions,
         contexts,
         top_k=args.top_k,
@@ -599,7 +606,7 @@ def run_embed(args) -> None:
     from roberta.predict import Embedder
 
     texts = _read_texts(args)
-    vectors = Embedder.from_pretrained(args.model, device=args.device).embed(
+    vectors = Embedder.from_pretrained(args.model, device=args.device, max_tokens=args.max_tokens).embed(
         texts, pooling=args.pooling, normalize=not args.no_normalize, batch_size=args.batch_size
     )  # (N, C)
     if not args.json:

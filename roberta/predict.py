@@ -9,7 +9,8 @@ One small class per task, each holding a model and its tokenizer:
     Embedder.from_pretrained(path).embed(["a text", "another"])  # (2, C)
 
 Every method takes one text (and returns one result) or a list of texts (and returns a list), runs
-under `torch.inference_mode()` in batches of `batch_size` texts of similar length (sorted by
+under `torch.inference_mode()` in batches of `batch_size` texts of similar length (optionally
+also bounded by a token budget, `max_tokens`; sorted by
 length, then put back in input order, so results do not depend on batch size or order), on the
 model's device. Input longer than the model takes is truncated with a warning; question answering
 instead slides overlapping windows over a long context. The decoding rules of fill-mask, tagging
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 from roberta.checkpoint import PretrainedModel, read_weights
 from roberta.config import RobertaConfig
+from roberta.fast import token_budget_batches
 from roberta.heads import (
     RobertaForMaskedLM,
     RobertaForQuestionAnswering,
@@ -62,13 +64,20 @@ def as_text_list(texts: Any, name: str = "texts") -> tuple[list[str], bool]:
     return list(texts), False
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices grouped into batches of similar length, longest first (little padding).
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
+) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length, longest first (little padding): at most
+    `batch_size` texts each, and with `max_tokens`, at most that many tokens once padded
+    (texts x longest; a text longer than the budget goes alone).
 
     Callers store each result at its index, so the output order is the input order.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if max_tokens is not None:
+        yield from token_budget_batches(lengths, max_tokens, max_batch_size=batch_size)
+        return
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     for k in range(0, len(order), batch_size):
         yield order[k : k + batch_size]
@@ -94,22 +103,35 @@ class Predictor:
         model: a model of `model_class`; it runs in eval mode (no dropout), and a model in training
             mode is put back in training mode afterwards.
         tokenizer: the tokenizer it was trained with.
+        max_tokens: a token budget per forward pass (texts x longest, padding included) on top of
+            each method's `batch_size`: with a large `batch_size`, short texts go in big batches
+            and long ones in small batches, so memory stays bounded. None: `batch_size` alone.
     """
 
     model_class: ClassVar[type[PretrainedModel]] = RobertaModel
 
-    def __init__(self, model: PretrainedModel, tokenizer: Tokenizer):
+    def __init__(self, model: PretrainedModel, tokenizer: Tokenizer, max_tokens: int | None = None):
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
         self.model = model
         self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None):
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        max_tokens: int | None = None,
+    ):
         """Load model and tokenizer from one folder, built-in model name or Hub id.
 
         device: "cpu", "cuda", ...; default: the GPU if there is one, else the CPU.
+        max_tokens: the token budget per forward pass (see the class).
         """
         device = torch.device(device) if device is not None else default_device()
-        return cls(cls.load_model(name_or_path, device), Tokenizer.from_pretrained(name_or_path))
+        model = cls.load_model(name_or_path, device)
+        return cls(model, Tokenizer.from_pretrained(name_or_path), max_tokens=max_tokens)
 
     @classmethod
     def load_model(cls, name_or_path: str | os.PathLike, device: torch.device) -> PretrainedModel:
@@ -150,7 +172,7 @@ class Predictor:
         was_training = self.model.training  # e.g. evaluation during fine-tuning: put the mode back
         self.model.eval()
         try:
-            for idx in length_sorted_batches([len(r) for r in rows], batch_size):
+            for idx in length_sorted_batches([len(r) for r in rows], batch_size, self.max_tokens):
                 ids, mask = pad([rows[i] for i in idx], self.tokenizer.pad_token_id, self.device)
                 for i, result in zip(idx, fn(ids, mask)):
                     out[i] = result

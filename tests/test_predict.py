@@ -298,6 +298,8 @@ def test_classify_matches_transformers_and_not_batching(tiny, load, hf_tokenizer
     scores = lambda rs: np.array([r["score"] if "score" in r else list(r["scores"].values()) for r in rs])  # noqa: E731
     for batch_size in (1, 2, 64):
         assert np.allclose(scores(clf.classify(TEXTS, batch_size=batch_size)), scores(got), atol=1e-5)
+    budget = Classifier(clf.model, clf.tokenizer, max_tokens=24)  # a token budget: same results
+    assert np.allclose(scores(budget.classify(TEXTS, batch_size=64)), scores(got), atol=1e-5)
     texts, order = shuffled(TEXTS)
     assert np.allclose(scores(clf.classify(texts)), scores(got)[order], atol=1e-5)
     assert clf.classify(TEXTS[1]) == clf.classify(TEXTS[1:2])[0]
@@ -358,6 +360,10 @@ def test_length_sorted_batches_cover_every_index_once():
     batches = list(length_sorted_batches(lengths, 3))
     assert sorted(i for b in batches for i in b) == list(range(7))
     assert [[lengths[i] for i in b] for b in batches] == [[9, 9, 7], [5, 3, 2], [1]]
+    budget = list(length_sorted_batches(lengths, 3, max_tokens=18))  # at most 18 padded tokens each
+    assert [[lengths[i] for i in b] for b in budget] == [[9, 9], [7, 5], [3, 2, 1]]
+    with pytest.raises(ValueError, match="max_tokens"):
+        Classifier(None, None, max_tokens=0)
 
 
 # ---- long input: truncated with a warning, never an error --------------------------------------
