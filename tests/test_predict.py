@@ -298,6 +298,8 @@ def test_classify_matches_transformers_and_not_batching(tiny, load, hf_tokenizer
     scores = lambda rs: np.array([r["score"] if "score" in r else list(r["scores"].values()) for r in rs])  # noqa: E731
     for batch_size in (1, 2, 64):
         assert np.allclose(scores(clf.classify(TEXTS, batch_size=batch_size)), scores(got), atol=1e-5)
+    bf16 = Classifier.from_pretrained(tiny[name], device="cpu", dtype=torch.bfloat16)  # opt-in bf16
+    assert np.allclose(scores(bf16.classify(TEXTS)), scores(got), atol=0.05)
     budget = Classifier(clf.model, clf.tokenizer, max_tokens=24)  # a token budget: same results
     assert np.allclose(scores(budget.classify(TEXTS, batch_size=64)), scores(got), atol=1e-5)
     texts, order = shuffled(TEXTS)

@@ -2,7 +2,7 @@
 # Pretrain roberta-small-books on one GPU (it ran on a lent H200), as one prepared script.
 #
 # Data: .devdata/data.tar.gz, packed from ../shared/data by recipes/h200/pack.sh (the device
-# machine has no ../shared). Two runs share the GPU, peak lr 1.5e-3 and 3e-3 (a hedge: the small
+# machine has no ../shared). Two runs share the GPU, peak lr 3e-4 and 6e-4 (a hedge: the small
 # model leaves most of the GPU idle); a short probe measures their throughput, and the schedule
 # is laid over the steps that fit in BUDGET_S seconds. The run with the lower final training loss
 # is kept (the held-out texts play no part in the choice), evaluated, and exported as fp16.
@@ -21,7 +21,7 @@ $PY -c 'import torch, transformers, tokenizers; print("torch", torch.__version__
 C=$D/pretrain-corpus
 HELD="$C/gutenberg-120-treasure-island.txt $C/gutenberg-1661-adventures-of-sherlock-holmes.txt $C/gutenberg-550-silas-marner.txt"
 TRAIN=$(ls $C/*.txt | grep -v -e gutenberg-120- -e gutenberg-1661- -e gutenberg-550-)
-BATCH=256; WORKERS=6; PROBE=60; LRS="1.5e-3 3e-3"
+BATCH=256; WORKERS=6; PROBE=60; LRS="3e-4 6e-4"
 if [ -n "${SMOKE:-}" ]; then BATCH=8; WORKERS=2; PROBE=20; TRAIN=$(echo $TRAIN | cut -d' ' -f1-2); fi
 common="--corpus $TRAIN --heldout $HELD --config recipes/h200/small-nodropout.json --tokenizer $D/tokenizer
   --batch-size $BATCH --warmup-ratio 0.06 --cache-dir $W/cache --workers $WORKERS --seed 0 --save-every-minutes 100"
