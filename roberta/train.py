@@ -487,8 +487,9 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------
 
-    def micro_batches(self) -> Iterator[Batch]:
-        """This step's micro-batches, on the device: built here, or taken from the workers."""
+    def micro_batches(self) -> Iterator[tuple[Batch, int]]:
+        """This step's micro-batches on the device, each with its token count (counted on the host,
+        so that no GPU sync is needed): built here, or taken from the workers."""
         if self._ahead is None:
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
             batches = (
@@ -498,10 +499,14 @@ class Trainer:
         else:
             batches = (next(self._ahead) for _ in range(self.cfg.grad_accum))
         for batch in batches:
-            yield {
-                k: v.to(self.dist.device, non_blocking=True) if torch.is_tensor(v) else v
-                for k, v in batch.items()
-            }
+            tokens = count_tokens(batch)
+            yield (
+                {
+                    k: v.to(self.dist.device, non_blocking=True) if torch.is_tensor(v) else v
+                    for k, v in batch.items()
+                },
+                tokens,
+            )
 
     def _start_workers(self) -> None:
         """With cfg.num_workers, worker processes build the micro-batches of the coming steps, in
@@ -528,7 +533,7 @@ class Trainer:
         over ranks (the loss is the mean of the micro-batch losses of every rank)."""
         self.ddp.train()
         loss_sum, tokens = 0.0, 0
-        for a, batch in enumerate(self.micro_batches()):
+        for a, (batch, batch_tokens) in enumerate(self.micro_batches()):
             last = a == self.cfg.grad_accum - 1
             sync = nullcontext() if last or self.dist.world == 1 else self.ddp.no_sync()
             with sync, self._autocast():
@@ -536,7 +541,7 @@ class Trainer:
             with sync:
                 self.scaler.scale(loss / self.cfg.grad_accum).backward()
             loss_sum += float(loss.detach())
-            tokens += count_tokens(batch)
+            tokens += batch_tokens
         self._update()
         loss_sum, tokens = all_sum([loss_sum, float(tokens)], self.dist)
         return loss_sum / (self.cfg.grad_accum * self.dist.world), int(tokens)
