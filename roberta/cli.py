@@ -94,8 +94,16 @@ def add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a masked language model from scratch (RoBERTa's recipe)")
     p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files to train on")
     p.add_argument("--heldout", nargs="*", default=[], metavar="FILE", help="text files for evaluation")
-    p.add_argument("--config", default="small", help="small | base | a config.json (default: small)")
-    p.add_argument("--tokenizer", required=True, help="tokenizer folder (see `roberta tokenizer train`)")
+    p.add_argument("--config", help="small | base | a config.json (default: small; not with --init-from)")
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="continue pretraining this model (name or folder: its weights and config) on the corpus",
+    )
+    p.add_argument(
+        "--tokenizer",
+        help="tokenizer folder (see `roberta tokenizer train`); default with --init-from: the model's",
+    )
     p.add_argument("--out", required=True, help="run folder: last/, best/, metrics.jsonl, metrics.png")
     p.add_argument("--max-minutes", type=float, help="stop after this much wall-clock time")
     p.add_argument("--max-steps", type=int, help="optimizer steps (the schedule's length)")
@@ -145,16 +153,21 @@ def run_pretrain(args) -> None:
         seed=args.seed,
         num_workers=args.workers,
     )
-    tok = Tokenizer.from_pretrained(args.tokenizer)
+    if args.init_from and args.config:
+        raise ValueError("give --config or --init-from, not both: a pretrained model brings its own config")
+    if not (args.tokenizer or args.init_from):
+        raise ValueError("give --tokenizer DIR (see `roberta tokenizer train`)")
+    tok = Tokenizer.from_pretrained(args.tokenizer or args.init_from)
     result = pretrain(
         args.corpus,
         tok,
-        _config_arg(args.config),
+        None if args.init_from else _config_arg(args.config or "small"),
         cfg,
         heldout=args.heldout,
         max_length=args.max_length,
         cache_dir=args.cache_dir or default_cache_dir(),
         resume=args.resume,
+        init_from=args.init_from,
     )
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
         print(json.dumps({"out": f"{args.out}/last", **vars(result)}))

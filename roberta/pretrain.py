@@ -310,12 +310,17 @@ def pretrain(
     cache_dir: str | os.PathLike | None = None,
     eval_blocks: int | None = 512,
     resume: bool = False,
+    init_from: str | os.PathLike | None = None,
 ):
-    """Pretrain a RobertaForMaskedLM from scratch on `corpus` (text files) with the shared loop.
+    """Pretrain a RobertaForMaskedLM on `corpus` (text files) with the shared loop: from scratch,
+    or, with `init_from`, continuing from a pretrained model (domain-adaptive pretraining).
 
     Args:
         tokenizer: a roberta.tokenizer.Tokenizer (its vocabulary sets config.vocab_size).
         config: a RobertaConfig for the model; cfg: a TrainConfig (batch_size counts blocks).
+            With init_from, the model's own config is used and `config` must be None.
+        init_from: a model name or folder (RobertaForMaskedLM.from_pretrained) to start from: its
+            weights, not its optimizer state (`resume` continues a run; this starts a new one).
         heldout: text files for the periodic evaluation (loss, accuracy, perplexity on at most
             `eval_blocks` blocks, fixed masks); none: no evaluation.
         max_length: tokens per block (default and maximum: config.max_length).
@@ -323,12 +328,25 @@ def pretrain(
     """
     from roberta.train import train
 
+    if init_from is not None:
+        if config is not None:
+            raise ValueError("give a config or init_from, not both: a pretrained model brings its own config")
+        model = RobertaForMaskedLM.from_pretrained(init_from)
+        config = model.config
+        if config.vocab_size != len(tokenizer) or config.pad_token_id != tokenizer.pad_token_id:
+            raise ValueError(
+                f"{init_from} was pretrained with a vocabulary of {config.vocab_size} tokens (pad id "
+                f"{config.pad_token_id}); the tokenizer has {len(tokenizer)} (pad id "
+                f"{tokenizer.pad_token_id}): continue with the model's own tokenizer"
+            )
+        torch.manual_seed(cfg.seed)
     max_length = max_length or config.max_length
     if max_length > config.max_length:
         raise ValueError(
             f"max_length {max_length} exceeds what the position table holds ({config.max_length})"
         )
-    model = build_model(config, tokenizer, cfg.seed)
+    if init_from is None:
+        model = build_model(config, tokenizer, cfg.seed)
     masker = Masker.for_tokenizer(tokenizer)
     blocks = Blocks(tokenize_corpus(corpus, tokenizer, cache_dir), max_length, tokenizer.bos_token_id)
     data = MLMBatches(blocks, cfg.batch_size, masker, tokenizer.pad_token_id, seed=cfg.seed)

@@ -268,3 +268,86 @@ def test_pretrain_refuses_blocks_longer_than_the_position_table(corpus, tok, tmp
     cfg = TrainConfig(out_dir=str(tmp_path), max_steps=1, progress=False)
     with pytest.raises(ValueError, match="position table"):
         P.pretrain([corpus / "a.txt"], tok, tiny_config(tok), cfg, max_length=64)
+
+
+# ---- continued pretraining --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus, tok, tmp_path_factory):
+    """A tiny MLM and its tokenizer saved as a model folder, the way `pretrain` leaves one."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    P.build_model(tiny_config(tok), tok, seed=3).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_continued_pretraining_starts_from_the_given_weights(corpus, tok, pretrained, tmp_path):
+    # lr 0: the run must end with exactly the weights it started from (a fresh init would differ)
+    cfg = TrainConfig(out_dir=str(tmp_path), lr=0.0, batch_size=8, max_steps=2, progress=False)
+    P.pretrain([corpus / "b.txt"], tok, None, cfg, cache_dir=tmp_path / "c", init_from=pretrained)
+    start = RobertaForMaskedLM.from_pretrained(pretrained).state_dict()
+    end = RobertaForMaskedLM.from_pretrained(tmp_path / "last").state_dict()
+    assert start.keys() == end.keys() and all(torch.equal(start[k], end[k]) for k in start)
+
+
+def test_continued_pretraining_learns_from_a_lower_loss_than_scratch(corpus, tok, tmp_path):
+    first = TrainConfig(out_dir=str(tmp_path / "a"), lr=3e-3, batch_size=16, max_steps=40, progress=False)
+    P.pretrain([corpus / "a.txt"], tok, tiny_config(tok), first, cache_dir=tmp_path / "c")
+    again = TrainConfig(
+        out_dir=str(tmp_path / "b"), lr=1e-3, batch_size=16, max_steps=10, log_every=1, seed=1, progress=False
+    )
+    P.pretrain(
+        [corpus / "b.txt"], tok, None, again, cache_dir=tmp_path / "c", init_from=tmp_path / "a" / "last"
+    )
+    scratch = TrainConfig(
+        out_dir=str(tmp_path / "s"), lr=1e-3, batch_size=16, max_steps=10, log_every=1, seed=1, progress=False
+    )
+    P.pretrain([corpus / "b.txt"], tok, tiny_config(tok), scratch, cache_dir=tmp_path / "c")
+    first_loss = [[r["loss"] for r in read_metrics(tmp_path / d) if "loss" in r][0] for d in ("b", "s")]
+    assert first_loss[0] < first_loss[1] - 1.0, first_loss
+
+
+def test_continued_pretraining_refuses_a_mismatched_tokenizer_or_a_second_config(
+    corpus, tok, pretrained, tmp_path
+):
+    other = Tokenizer.train([corpus / "b.txt"], vocab_size=280)
+    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=1, progress=False)
+    with pytest.raises(ValueError, match="vocabulary of 300 tokens.*the model's own tokenizer"):
+        P.pretrain([corpus / "b.txt"], other, None, cfg, init_from=pretrained)
+    with pytest.raises(ValueError, match="not both"):
+        P.pretrain([corpus / "b.txt"], tok, tiny_config(tok), cfg, init_from=pretrained)
+    assert (
+        main(
+            [
+                "pretrain",
+                "--corpus",
+                str(corpus / "b.txt"),
+                "--out",
+                str(tmp_path),
+                "--max-steps",
+                "1",
+                "--init-from",
+                str(pretrained),
+                "--config",
+                "small",
+            ]
+        )
+        != 0
+    )
+
+
+def test_cli_continues_pretraining_with_the_models_own_tokenizer(corpus, pretrained, tmp_path):
+    args = [
+        "pretrain",
+        "--corpus",
+        str(corpus / "b.txt"),
+        "--init-from",
+        str(pretrained),
+        "--out",
+        str(tmp_path),
+    ]
+    args += ["--max-steps", "2", "--batch-size", "4", "--cache-dir", str(tmp_path / "c")]
+    assert main(args) == 0
+    model = RobertaForMaskedLM.from_pretrained(tmp_path / "last")
+    assert model.config.hidden_size == RobertaForMaskedLM.from_pretrained(pretrained).config.hidden_size
