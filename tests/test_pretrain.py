@@ -351,3 +351,27 @@ def test_cli_continues_pretraining_with_the_models_own_tokenizer(corpus, pretrai
     assert main(args) == 0
     model = RobertaForMaskedLM.from_pretrained(tmp_path / "last")
     assert model.config.hidden_size == RobertaForMaskedLM.from_pretrained(pretrained).config.hidden_size
+
+
+def test_plateau_diagnosis_reads_uniform_attention_as_uniform(tok):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "plateau_diag.py"
+    spec = importlib.util.spec_from_file_location("plateau_diag", path)
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    model = P.build_model(tiny_config(tok), tok, seed=0)
+    C = model.config.hidden_size
+    with torch.no_grad():  # zero W_Q and W_K: every score 0, every attention row uniform
+        model.roberta.encoder.layers[0].attn.qkv.weight[: 2 * C] = 0
+        model.roberta.encoder.layers[0].attn.qkv.bias[: 2 * C] = 0
+    ids = torch.randint(5, len(tok) - 1, (2, 16))
+    report = diag.diagnose(model, ids)
+    first = report["layers"][0]
+    assert first["entropy"] == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert first["left"] == pytest.approx([1.0, 1.0], abs=1e-5) and first["right"] == pytest.approx(
+        [1.0, 1.0]
+    )
+    assert all(e < 1.0 for e in report["layers"][1]["entropy"])  # random Q, K: not exactly uniform
+    assert -1.0 <= report["position_cos_1"] <= 1.0
