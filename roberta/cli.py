@@ -104,6 +104,13 @@ def add_pretrain(sub) -> None:
         "--tokenizer",
         help="tokenizer folder (see `roberta tokenizer train`); default with --init-from: the model's",
     )
+    p.add_argument(
+        "--init",
+        default="roberta",
+        choices=["roberta", "neighbour-heads"],
+        help="start from RoBERTa's random init, or with two layer-0 heads attending to the previous "
+        "and next token (gets small models past the bag-of-words plateau sooner)",
+    )
     p.add_argument("--out", required=True, help="run folder: last/, best/, metrics.jsonl, metrics.png")
     p.add_argument("--max-minutes", type=float, help="stop after this much wall-clock time")
     p.add_argument("--max-steps", type=int, help="optimizer steps (the schedule's length)")
@@ -153,8 +160,10 @@ def run_pretrain(args) -> None:
         seed=args.seed,
         num_workers=args.workers,
     )
-    if args.init_from and args.config:
-        raise ValueError("give --config or --init-from, not both: a pretrained model brings its own config")
+    if args.init_from and (args.config or args.init != "roberta"):
+        raise ValueError(
+            "--init-from starts from a pretrained model's config and weights: drop --config/--init"
+        )
     if not (args.tokenizer or args.init_from):
         raise ValueError("give --tokenizer DIR (see `roberta tokenizer train`)")
     tok = Tokenizer.from_pretrained(args.tokenizer or args.init_from)
@@ -168,6 +177,7 @@ def run_pretrain(args) -> None:
         cache_dir=args.cache_dir or default_cache_dir(),
         resume=args.resume,
         init_from=args.init_from,
+        init=args.init,
     )
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
         print(json.dumps({"out": f"{args.out}/last", **vars(result)}))

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from roberta.heads import IGNORE_INDEX, RobertaForMaskedLM
+from roberta.model import sinusoidal_table
 from roberta.train import Batch, ShuffledBatches, mix_seed
 
 logger = logging.getLogger(__name__)
@@ -287,8 +288,18 @@ def evaluate_mlm(
 # ---- the whole recipe ------------------------------------------------------------------------------
 
 
-def build_model(config, tokenizer, seed: int) -> RobertaForMaskedLM:
-    """A freshly initialised MLM whose vocabulary is the tokenizer's (config.vocab_size is set to it)."""
+INITS = ("roberta", "neighbour-heads")
+
+
+def build_model(config, tokenizer, seed: int, init: str = "roberta") -> RobertaForMaskedLM:
+    """A freshly initialised MLM whose vocabulary is the tokenizer's (config.vocab_size is set to it).
+
+    init: "roberta", RoBERTa's N(0, 0.02²) everywhere; "neighbour-heads", the same, then
+    `init_neighbour_heads` (two heads of layer 0 start by attending to the previous and the next
+    token), which gets a small model past the bag-of-words plateau far sooner.
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if config.vocab_size != len(tokenizer):
         logger.info("vocab_size %d -> %d (the tokenizer's)", config.vocab_size, len(tokenizer))
         config.vocab_size = len(tokenizer)
@@ -297,7 +308,78 @@ def build_model(config, tokenizer, seed: int) -> RobertaForMaskedLM:
             f"tokenizer pad id {tokenizer.pad_token_id} != config pad_token_id {config.pad_token_id}"
         )
     torch.manual_seed(seed)
-    return RobertaForMaskedLM(config)
+    model = RobertaForMaskedLM(config)
+    if init == "neighbour-heads":
+        init_neighbour_heads(model)
+    return model
+
+
+def init_neighbour_heads(model: RobertaForMaskedLM, offsets: Sequence[int] = (-1, 1), sharpness: float = 3.0):
+    """Start the first layer's first heads as "attend to the token at offset δ" heads (in place).
+
+    Why: from RoBERTa's random start, a small model on a CPU budget sits on the bag-of-words plateau
+    (recipes/plateau_diag.py): attention stays uniform because the position table has no order in
+    it, and the table learns no order because uniform attention never uses it. This breaks the
+    circle at step 0 and changes nothing else: the architecture, the parameter names and the
+    checkpoint format stay RoBERTa's, and every weight is trained from there as usual.
+
+    How: the first `head_dim` (d) dimensions of the model width are kept for positions: the learned
+    position table starts as the sin/cos table of Vaswani et al. there (and 0 elsewhere), while the
+    word and token-type vectors start as 0 there; positions get the energy of a word vector. In
+    layer 0, head h (for each δ_h in `offsets`) gets W_K = β·I and W_Q = β·R(δ_h) on the d/8 fastest
+    (sin ωt, cos ωt) pairs and 0 elsewhere, where R rotates each pair by ω·δ_h, so that
+    q_i·k_j ∝ Σ_ω cos(ω (i + δ_h - j)): largest at j = i + δ_h. (The slow pairs are left out: they
+    are nearly equal for neighbours, so they would only add a large common score.) β is set so
+    that, on random tokens, the score at i + δ_h beats the better of its two sides by `sharpness`
+    nats on average: with the default 3, about 0.9 of each query's weight is on its neighbour.
+
+    Used by `pretrain(..., init="neighbour-heads")` (`roberta pretrain --init neighbour-heads`).
+    """
+    cfg = model.config
+    C, d, nh = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads
+    if len(offsets) > nh or cfg.position_embedding_type != "learned" or d % 2 or C <= d:
+        raise ValueError(
+            f"neighbour heads need learned positions, an even head_dim below the width and at most "
+            f"{nh} offsets; got {cfg.position_embedding_type} positions, head_dim {d}, width {C}, "
+            f"{len(offsets)} offsets"
+        )
+    emb, attn = model.roberta.embeddings, model.roberta.encoder.layers[0].attn
+    sigma = cfg.initializer_range
+    alpha = sigma * math.sqrt(2 * (C - d) / d)  # sin/cos amplitude: positions get a word's energy
+    first = cfg.pad_token_id + 1  # positions start at pad+1
+    omega = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(10000.0) / d))  # (d/2,)
+    i = torch.arange(0, d // 4, 2)  # the fastest d/8 sin/cos pairs: they tell neighbours apart
+    with torch.no_grad():
+        table = emb.position.weight  # (max_position_embeddings, C)
+        table[first:] = 0
+        table[first:, :d] = sinusoidal_table(table.size(0) - first, d) * alpha
+        emb.word.weight[:, :d] = 0
+        if emb.token_type is not None:
+            emb.token_type.weight[:, :d] = 0
+        W, b = attn.qkv.weight, attn.qkv.bias  # (3C, C), (3C,): rows Q | K | V
+        for h, delta in enumerate(offsets):
+            q, k = slice(h * d, (h + 1) * d), slice(C + h * d, C + (h + 1) * d)
+            W[q], W[k], b[q], b[k] = 0, 0, 0, 0
+            cos, sin = torch.cos(omega[: len(i)] * delta).float(), torch.sin(omega[: len(i)] * delta).float()
+            W[q.start + i, i], W[q.start + i, i + 1] = cos, sin
+            W[q.start + i + 1, i], W[q.start + i + 1, i + 1] = -sin, cos
+            W[k.start + i, i], W[k.start + i + 1, i + 1] = 1.0, 1.0
+        # β: measured, not derived (the LayerNorm's centring and scale move it): scores at β = 1 on
+        # random tokens, then β² scaled so the peak beats its neighbours by `sharpness` on average
+        T = min(64, cfg.max_length)
+        ids = torch.randint(
+            cfg.pad_token_id + 3, cfg.vocab_size - 1, (4, T), generator=torch.Generator().manual_seed(0)
+        )
+        x = emb(ids.to(W.device), None, None, None)  # (4, T, C)
+        for h, delta in enumerate(offsets):
+            q, k = slice(h * d, (h + 1) * d), slice(C + h * d, C + (h + 1) * d)
+            scores = (x @ W[q].T) @ (x @ W[k].T).transpose(1, 2) / math.sqrt(d)  # (4, T, T)
+            rows = torch.arange(max(0, -delta) + 1, T - max(0, delta) - 1)  # peak and both sides inside
+            peak = scores[:, rows, rows + delta]
+            side = torch.maximum(scores[:, rows, rows + delta - 1], scores[:, rows, rows + delta + 1])
+            beta = math.sqrt(sharpness / float((peak - side).mean()))
+            W[q] *= beta
+            W[k] *= beta
 
 
 def pretrain(
@@ -311,6 +393,7 @@ def pretrain(
     eval_blocks: int | None = 512,
     resume: bool = False,
     init_from: str | os.PathLike | None = None,
+    init: str = "roberta",
 ):
     """Pretrain a RobertaForMaskedLM on `corpus` (text files) with the shared loop: from scratch,
     or, with `init_from`, continuing from a pretrained model (domain-adaptive pretraining).
@@ -321,6 +404,7 @@ def pretrain(
             With init_from, the model's own config is used and `config` must be None.
         init_from: a model name or folder (RobertaForMaskedLM.from_pretrained) to start from: its
             weights, not its optimizer state (`resume` continues a run; this starts a new one).
+        init: how a model trained from scratch starts: "roberta" or "neighbour-heads" (build_model).
         heldout: text files for the periodic evaluation (loss, accuracy, perplexity on at most
             `eval_blocks` blocks, fixed masks); none: no evaluation.
         max_length: tokens per block (default and maximum: config.max_length).
@@ -329,8 +413,11 @@ def pretrain(
     from roberta.train import train
 
     if init_from is not None:
-        if config is not None:
-            raise ValueError("give a config or init_from, not both: a pretrained model brings its own config")
+        if config is not None or init != "roberta":
+            raise ValueError(
+                "give a config (and init) or init_from, not both: a pretrained model brings its own "
+                "config and weights"
+            )
         model = RobertaForMaskedLM.from_pretrained(init_from)
         config = model.config
         if config.vocab_size != len(tokenizer) or config.pad_token_id != tokenizer.pad_token_id:
@@ -346,7 +433,7 @@ def pretrain(
             f"max_length {max_length} exceeds what the position table holds ({config.max_length})"
         )
     if init_from is None:
-        model = build_model(config, tokenizer, cfg.seed)
+        model = build_model(config, tokenizer, cfg.seed, init)
     masker = Masker.for_tokenizer(tokenizer)
     blocks = Blocks(tokenize_corpus(corpus, tokenizer, cache_dir), max_length, tokenizer.bos_token_id)
     data = MLMBatches(blocks, cfg.batch_size, masker, tokenizer.pad_token_id, seed=cfg.seed)

@@ -375,3 +375,60 @@ def test_plateau_diagnosis_reads_uniform_attention_as_uniform(tok):
     )
     assert all(e < 1.0 for e in report["layers"][1]["entropy"])  # random Q, K: not exactly uniform
     assert -1.0 <= report["position_cos_1"] <= 1.0
+
+
+# ---- neighbour-head init ------------------------------------------------------------------------------
+
+
+def neighbour_config(tok) -> RobertaConfig:
+    return RobertaConfig(
+        vocab_size=len(tok),
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=256,
+        max_position_embeddings=66,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+def test_neighbour_heads_attend_to_the_previous_and_next_token(tok):
+    model = P.build_model(neighbour_config(tok), tok, seed=0, init="neighbour-heads")
+    ids = torch.randint(5, len(tok) - 1, (4, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = model.roberta(ids, output_attentions=True).attentions  # L x (B, nh, T, T)
+    left = torch.diagonal(a[0][:, 0], offset=-1, dim1=-2, dim2=-1)  # (B, T-1): query i on key i-1
+    right = torch.diagonal(a[0][:, 1], offset=1, dim1=-2, dim2=-1)
+    assert left.mean() > 0.75 and right.mean() > 0.75, (left.mean(), right.mean())
+    assert torch.diagonal(a[1][:, 0], offset=-1, dim1=-2, dim2=-1).mean() < 0.2  # layer 1: RoBERTa's init
+
+
+def test_neighbour_heads_change_only_the_embeddings_and_layer_0_query_key(tok):
+    plain = P.build_model(neighbour_config(tok), tok, seed=0).state_dict()
+    local = P.build_model(neighbour_config(tok), tok, seed=0, init="neighbour-heads").state_dict()
+    changed = {k for k in plain if not torch.equal(plain[k], local[k])}
+    assert changed == {
+        "roberta.embeddings.word.weight",
+        "roberta.embeddings.position.weight",
+        "roberta.embeddings.token_type.weight",
+        "roberta.encoder.layers.0.attn.qkv.weight",  # (its bias starts at 0 either way)
+        "lm_head.decoder.weight",  # tied to the word embeddings
+    }
+    C = 128
+    assert torch.equal(
+        plain["roberta.encoder.layers.0.attn.qkv.weight"][2 * C :],
+        local["roberta.encoder.layers.0.attn.qkv.weight"][2 * C :],
+    )  # V
+
+
+def test_neighbour_heads_need_learned_positions_and_are_refused_with_init_from(tok, pretrained, tmp_path):
+    config = neighbour_config(tok)
+    config.position_embedding_type = "sinusoidal"
+    with pytest.raises(ValueError, match="learned positions"):
+        P.build_model(config, tok, seed=0, init="neighbour-heads")
+    with pytest.raises(ValueError, match="init must be one of"):
+        P.build_model(neighbour_config(tok), tok, seed=0, init="local")
+    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=1, progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        P.pretrain([], tok, None, cfg, init_from=pretrained, init="neighbour-heads")
