@@ -24,7 +24,7 @@ TRAIN=$(ls $C/*.txt | grep -v -e gutenberg-120- -e gutenberg-1661- -e gutenberg-
 BATCH=256; WORKERS=6; PROBE=60; LRS="3e-4 6e-4"
 if [ -n "${SMOKE:-}" ]; then BATCH=8; WORKERS=2; PROBE=20; TRAIN=$(echo $TRAIN | cut -d' ' -f1-2); fi
 common="--corpus $TRAIN --heldout $HELD --config recipes/h200/small-nodropout.json --tokenizer $D/tokenizer
-  --batch-size $BATCH --warmup-ratio 0.06 --cache-dir $W/cache --workers $WORKERS --seed 0 --save-every-minutes 100"
+  --batch-size $BATCH --warmup-ratio 0.06 --cache-dir $W/cache --workers $WORKERS --seed 0 --save-every-minutes 100 --init neighbour-heads"
 
 echo "== tokenize once (cached for both runs)"
 $PY -m roberta.cli pretrain $common --lr 1e-3 --out $W/tokenize --max-steps 1 --eval-every 1000000 > "$OUT/tokenize.log" 2>&1 || { tail -n 30 "$OUT/tokenize.log"; exit 1; }
