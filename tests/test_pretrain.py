@@ -165,17 +165,10 @@ def test_mlm_batches_mask_each_epoch_afresh_and_resume_identically(corpus, tok):
 # ---- the recipe ------------------------------------------------------------------------------------
 
 
-def tiny_config(tok) -> RobertaConfig:
-    return RobertaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=34,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+def tiny_config(tok, **sizes) -> RobertaConfig:
+    base = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    base.update(max_position_embeddings=34, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return RobertaConfig(vocab_size=len(tok), **{**base, **sizes})
 
 
 def test_pretraining_lowers_the_loss_and_saves_a_loadable_model(corpus, tok, tmp_path):
@@ -381,16 +374,8 @@ def test_plateau_diagnosis_reads_uniform_attention_as_uniform(tok):
 
 
 def neighbour_config(tok) -> RobertaConfig:
-    return RobertaConfig(
-        vocab_size=len(tok),
-        hidden_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=256,
-        max_position_embeddings=66,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    """Heads of 64 like the small and base models (the init uses the fastest 8 sin/cos pairs)."""
+    return tiny_config(tok, hidden_size=128, intermediate_size=256, max_position_embeddings=66)
 
 
 def test_neighbour_heads_attend_to_the_previous_and_next_token(tok):
