@@ -370,7 +370,9 @@ def init_neighbour_heads(model: RobertaForMaskedLM, offsets: Sequence[int] = (-1
         ids = torch.randint(
             cfg.pad_token_id + 3, cfg.vocab_size - 1, (4, T), generator=torch.Generator().manual_seed(0)
         )
-        x = emb(ids.to(W.device), None, None, None)  # (4, T, C)
+        training = emb.training
+        x = emb.eval()(ids.to(W.device), None, None, None)  # (4, T, C); no dropout, no RNG drawn
+        emb.train(training)
         for h, delta in enumerate(offsets):
             q, k = slice(h * d, (h + 1) * d), slice(C + h * d, C + (h + 1) * d)
             scores = (x @ W[q].T) @ (x @ W[k].T).transpose(1, 2) / math.sqrt(d)  # (4, T, T)

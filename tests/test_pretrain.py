@@ -417,3 +417,13 @@ def test_neighbour_heads_need_learned_positions_and_are_refused_with_init_from(t
     cfg = TrainConfig(out_dir=str(tmp_path), max_steps=1, progress=False)
     with pytest.raises(ValueError, match="not both"):
         P.pretrain([], tok, None, cfg, init_from=pretrained, init="neighbour-heads")
+
+
+def test_neighbour_heads_draw_nothing_from_the_global_rng(tok):
+    # with dropout in the config, the calibration forward must not use (or move) the global RNG
+    config = neighbour_config(tok)
+    config.hidden_dropout_prob = 0.1
+    P.build_model(config, tok, seed=0)
+    after_plain = torch.get_rng_state()
+    model = P.build_model(config, tok, seed=0, init="neighbour-heads")
+    assert torch.equal(torch.get_rng_state(), after_plain) and model.training
