@@ -349,6 +349,10 @@ def init_neighbour_heads(model: RobertaForMaskedLM, offsets: Sequence[int] = (-1
     first = cfg.pad_token_id + 1  # positions start at pad+1
     omega = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(10000.0) / d))  # (d/2,)
     i = torch.arange(0, d // 4, 2)  # the fastest d/8 sin/cos pairs: they tell neighbours apart
+    heads = [  # (W_Q rows, W_K rows, δ) of each neighbour head
+        (slice(h * d, (h + 1) * d), slice(C + h * d, C + (h + 1) * d), delta)
+        for h, delta in enumerate(offsets)
+    ]
     with torch.no_grad():
         table = emb.position.weight  # (max_position_embeddings, C)
         table[first:] = 0
@@ -357,8 +361,7 @@ def init_neighbour_heads(model: RobertaForMaskedLM, offsets: Sequence[int] = (-1
         if emb.token_type is not None:
             emb.token_type.weight[:, :d] = 0
         W, b = attn.qkv.weight, attn.qkv.bias  # (3C, C), (3C,): rows Q | K | V
-        for h, delta in enumerate(offsets):
-            q, k = slice(h * d, (h + 1) * d), slice(C + h * d, C + (h + 1) * d)
+        for q, k, delta in heads:
             W[q], W[k], b[q], b[k] = 0, 0, 0, 0
             cos, sin = torch.cos(omega[: len(i)] * delta).float(), torch.sin(omega[: len(i)] * delta).float()
             W[q.start + i, i], W[q.start + i, i + 1] = cos, sin
@@ -373,8 +376,7 @@ def init_neighbour_heads(model: RobertaForMaskedLM, offsets: Sequence[int] = (-1
         training = emb.training
         x = emb.eval()(ids.to(W.device), None, None, None)  # (4, T, C); no dropout, no RNG drawn
         emb.train(training)
-        for h, delta in enumerate(offsets):
-            q, k = slice(h * d, (h + 1) * d), slice(C + h * d, C + (h + 1) * d)
+        for q, k, delta in heads:
             scores = (x @ W[q].T) @ (x @ W[k].T).transpose(1, 2) / math.sqrt(d)  # (4, T, T)
             rows = torch.arange(max(0, -delta) + 1, T - max(0, delta) - 1)  # peak and both sides inside
             peak = scores[:, rows, rows + delta]
