@@ -20,6 +20,11 @@ slot's state into each padding position of its row. Results equal the padded pat
 position for such batches (tests/test_fast.py); for padding positions whose inputs differ
 within a row (explicit position_ids, or dropout in training) they hold the first one's state.
 
+Heads that read few positions (a classifier reads <s>, the MLM loss the masked tokens) pass
+them as `subset_mask`; the last layer then computes keys and values at every row but queries,
+attention, Wᴼ, the FFN and the LayerNorms at those rows only (`Packing.rows_of`,
+`subset_attention`).
+
 Every function here is pure and pinned to the padded path by tests/test_fast.py.
 """
 
@@ -70,6 +75,31 @@ class Packing:
         """N: packed rows, real tokens plus slots."""
         return int(self.indices.numel())
 
+    def rows_of(self, positions: torch.Tensor) -> Subset:
+        """The packed rows holding the states of `positions`, (B, T) bool, in row-major order.
+
+        A padding position maps to its row's slot (it holds that position's state, see `pad`)."""
+        B, T = self.batch_size, self.seq_len
+        if tuple(positions.shape) != (B, T):
+            raise ValueError(f"positions must be (batch, length) = {(B, T)}, got {tuple(positions.shape)}")
+        device = self.indices.device
+        last = torch.tensor(self.sizes, device=device).cumsum(0) - 1  # (B,) each sequence's last row
+        row_of = last.clamp(min=0).repeat_interleave(T)  # (B * T,) padding -> its row's slot
+        row_of = row_of.index_copy(0, self.indices, torch.arange(self.num_rows, device=device))
+        positions = positions.bool()
+        return Subset(row_of[positions.flatten()], tuple(positions.sum(dim=1).tolist()))
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Some packed rows, sequence after sequence: the positions whose final state a head reads.
+
+    indices: (M,) packed row of each wanted position; counts: (B,) wanted positions per sequence.
+    """
+
+    indices: torch.Tensor
+    counts: tuple[int, ...]
+
 
 def unpad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     """(B, T, ...) -> (N, ...): the packed rows, in `packing.indices` order."""
@@ -101,6 +131,46 @@ def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0
         y = F.scaled_dot_product_attention(q, k[:, :, :n], v[:, :, :n], dropout_p=dropout_p)
         outs.append(y[0].transpose(0, 1).flatten(1))  # (S, nh * hs)
     return torch.cat(outs)
+
+
+def subset_attention(
+    q: torch.Tensor, kv: torch.Tensor, packing: Packing, subset: Subset, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """`packed_attention` for some queries only: each `subset` row attends over its own sequence's
+    real keys.
+
+    q: (M, nh, hs) the subset rows' queries; kv: (N, 2, nh, hs) keys and values of all packed rows.
+    Returns (M, nh * hs). A classifier reads one position per sequence and the MLM loss the masked
+    ones, so the last layer needs queries, attention, Wᴼ and the FFN at those rows only.
+    """
+    if q.device.type != "cpu":
+        return _repadded_subset_attention(q, kv, packing, subset, dropout_p)
+    outs = []
+    parts = zip(q.split(subset.counts), kv.split(packing.sizes), packing.lengths)
+    for qs, part, n in parts:  # qs (m, nh, hs), part (S, 2, nh, hs): one sequence
+        if qs.shape[0] == 0:
+            continue
+        k, v = part[:n].permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # 2 x (1, nh, n, hs)
+        y = F.scaled_dot_product_attention(qs.transpose(0, 1)[None], k, v, dropout_p=dropout_p)
+        outs.append(y[0].transpose(0, 1).flatten(1))  # (m, nh * hs)
+    return torch.cat(outs) if outs else q.new_zeros(0, q.shape[1] * q.shape[2])
+
+
+def _repadded_subset_attention(
+    q: torch.Tensor, kv: torch.Tensor, packing: Packing, subset: Subset, dropout_p: float
+) -> torch.Tensor:
+    """`subset_attention` as one SDPA call: queries and keys re-padded per sequence, keys masked."""
+    _, nh, hs = q.shape
+    B, Q, S = packing.batch_size, max(subset.counts, default=0), max(packing.sizes, default=0)
+    pos_q, pos_k = torch.arange(Q, device=q.device), torch.arange(S, device=q.device)
+    q_rows = (pos_q < torch.tensor(subset.counts, device=q.device)[:, None]).flatten().nonzero().squeeze(1)
+    k_rows = (pos_k < torch.tensor(packing.sizes, device=q.device)[:, None]).flatten().nonzero().squeeze(1)
+    keys = pos_k < torch.tensor(packing.lengths, device=q.device)[:, None]  # (B, S)
+    dq = q.new_zeros(B * Q, nh, hs).index_copy(0, q_rows, q).view(B, Q, nh, hs).transpose(1, 2)
+    dkv = kv.new_zeros(B * S, 2, nh, hs).index_copy(0, k_rows, kv).view(B, S, 2, nh, hs)
+    k, v = dkv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, nh, S, hs)
+    y = F.scaled_dot_product_attention(dq, k, v, attn_mask=keys[:, None, None, :], dropout_p=dropout_p)
+    return y.transpose(1, 2).reshape(B * Q, nh * hs).index_select(0, q_rows)  # (M, nh * hs)
 
 
 def _repadded_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float) -> torch.Tensor:

@@ -100,16 +100,16 @@ class RobertaForMaskedLM(TaskModel):
                 in the order of `labels[labels != -100]` — what pretraining needs (saves the
                 (B, T, V) projection, the largest matmul of a small model).
         """
-        out = self.encode(input_ids, attention_mask, **encoder_kw)
-        h = out.last_hidden_state  # (B, T, C)
         if sparse_logits:
             if labels is None:
                 raise ValueError("sparse_logits=True needs labels: logits are computed at labelled positions")
-            keep = labels.ne(IGNORE_INDEX)
-            logits = self.lm_head(h[keep])  # (N, V)
+            keep = labels.ne(IGNORE_INDEX)  # (B, T)
+            out = self.encode(input_ids, attention_mask, subset_mask=keep, **encoder_kw)
+            logits = self.lm_head(out.last_hidden_state)  # (N, V): the last layer ran at `keep` only
             loss = F.cross_entropy(logits.float(), labels[keep]) if keep.any() else logits.sum() * 0
         else:
-            logits = self.lm_head(h)  # (B, T, V)
+            out = self.encode(input_ids, attention_mask, **encoder_kw)
+            logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
             loss = None
             if labels is not None:
                 loss = F.cross_entropy(
@@ -132,7 +132,8 @@ class ClassificationHead(nn.Module):
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(h[:, 0])  # the <s> token: (B, C)
+        """h: (B, C), the <s> token's final state."""
+        x = self.dropout(h)
         x = self.dropout(torch.tanh(self.dense(x)))
         return self.out_proj(x)  # (B, num_labels)
 
@@ -166,6 +167,15 @@ def classification_loss(config: RobertaConfig, logits: torch.Tensor, labels: tor
     )
 
 
+def first_position(x: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) bool, True at position 0 (the <s> token) of inputs x (B, T, ...); None for None."""
+    if x is None or x.dim() < 2 or x.shape[1] == 0:
+        return None  # the encoder's input checks say what is wrong
+    first = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+    first[:, 0] = True
+    return first
+
+
 class RobertaForSequenceClassification(TaskModel):
     """One label per text (or text pair): single-label, multi-label or regression (see problem_type)."""
 
@@ -178,8 +188,10 @@ class RobertaForSequenceClassification(TaskModel):
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **encoder_kw) -> TaskOutput:
         """labels: (B,) class ids; (B, num_labels) 0/1 for multi-label; (B,) floats for regression."""
-        out = self.encode(input_ids, attention_mask, **encoder_kw)
-        logits = self.classifier(out.last_hidden_state)
+        # the head reads <s> only, so the encoder's last layer runs at that position only
+        first = first_position(input_ids if input_ids is not None else encoder_kw.get("inputs_embeds"))
+        out = self.encode(input_ids, attention_mask, subset_mask=first, **encoder_kw)
+        logits = self.classifier(out.last_hidden_state)  # (B, num_labels)
         loss = None if labels is None else classification_loss(self.config, logits, labels)
         return TaskOutput(logits, loss, out.hidden_states, out.attentions)
 

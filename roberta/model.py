@@ -27,7 +27,7 @@ from torch import nn
 
 from roberta.checkpoint import PretrainedModel
 from roberta.config import RobertaConfig
-from roberta.fast import Packing, packed_attention, pad, unpad
+from roberta.fast import Packing, Subset, packed_attention, pad, subset_attention, unpad
 
 
 def position_ids_from_input_ids(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -118,12 +118,22 @@ class SelfAttention(nn.Module):
         return q, k, v
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | Packing | None, output_attentions: bool = False
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | Packing | None,
+        output_attentions: bool = False,
+        subset: Subset | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, T, C) with mask (B, 1, 1, T) bool, True = may attend (a real key), or None (all real).
-        Or x: (N, C), a batch's real tokens packed, with mask the `Packing` saying whose they are.
+        Or x: (N, C), a batch's real tokens packed, with mask the `Packing` saying whose they are;
+        then `subset` may name the rows whose output is wanted: (M, C) comes back.
         Returns x's shape."""
         dropout_p = self.dropout_p if self.training else 0.0
+        if subset is not None:  # queries at the subset rows only; keys and values at every row
+            C, w, b = x.shape[-1], self.qkv.weight, self.qkv.bias
+            q = F.linear(x.index_select(0, subset.indices), w[:C], b[:C]).view(-1, self.n_head, self.head_dim)
+            kv = F.linear(x, w[C:], b[C:]).view(-1, 2, self.n_head, self.head_dim)  # (N, 2, nh, hs)
+            return self.out(subset_attention(q, kv, mask, subset, dropout_p)), None  # (M, C)
         if isinstance(mask, Packing):
             qkv = self.qkv(x).view(-1, 3, self.n_head, self.head_dim)  # (N, 3, nh, hs)
             return self.out(packed_attention(qkv, mask, dropout_p)), None  # (N, C)
@@ -181,10 +191,16 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | Packing | None, output_attentions: bool = False
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | Packing | None,
+        output_attentions: bool = False,
+        subset: Subset | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, C), or (N, C) packed real tokens; mask as in SelfAttention."""
-        a, weights = self.attn(x, mask, output_attentions)
+        """x: (B, T, C), or (N, C) packed real tokens; mask and subset as in SelfAttention."""
+        a, weights = self.attn(x, mask, output_attentions, subset)
+        if subset is not None:
+            x = x.index_select(0, subset.indices)  # (M, C): the rows whose output is wanted
         x = self.norm1(x + self.dropout(a))
         x = self.norm2(x + self.dropout(self.ffn(x)))
         return x, weights
@@ -192,8 +208,9 @@ class EncoderLayer(nn.Module):
 
 @dataclass
 class EncoderOutput:
-    """last_hidden_state (B, T, C); pooler_output (B, C) or None; on request, hidden_states
-    (embeddings + each layer, L+1 of (B, T, C)) and attentions (L of (B, nh, T, T))."""
+    """last_hidden_state (B, T, C), or (M, C) at the positions of a `subset_mask`; pooler_output
+    (B, C) or None; on request, hidden_states (embeddings + each layer, L+1 of (B, T, C)) and
+    attentions (L of (B, nh, T, T))."""
 
     last_hidden_state: torch.Tensor
     pooler_output: torch.Tensor | None = None
@@ -212,12 +229,18 @@ class Encoder(nn.Module):
         attention_mask: torch.Tensor | None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        subset_mask: torch.Tensor | None = None,
     ) -> EncoderOutput:
         """x: (B, T, C) embeddings; attention_mask: (B, T), 1 = real token, or None (all real).
 
         A batch with padding is unpadded once, here, unless attention weights are asked for (they
         are (B, nh, T, T) by definition). Padding positions hold what the padded path gives them
         (see fast.py).
+
+        subset_mask: (B, T) bool, the positions whose final state the caller reads (a classifier's
+        <s>, the masked tokens of MLM). last_hidden_state is then (M, C), those positions in
+        row-major order, and the last layer computes only them (its keys and values still see
+        every token): the same numbers for about 1/L less work.
         """
         real = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
         packing = None if real is None or output_attentions else Packing.from_mask(real)
@@ -226,15 +249,23 @@ class Encoder(nn.Module):
             x, mask = unpad(x, packing), packing  # (N, C): real tokens + a slot per padded row
         else:
             mask = None if real is None else real[:, None, None, :]  # (B, 1, 1, T)
-        for layer in self.layers:
+        subset_last = subset_mask is not None and not (output_hidden_states or output_attentions)
+        for i, layer in enumerate(self.layers):
+            if subset_last and i == len(self.layers) - 1:
+                if packing is None:  # no padding: the (B, T) rows, flattened, are the packing
+                    B, T, C = x.shape
+                    x, mask = x.reshape(B * T, C), Packing.from_mask(x.new_ones(B, T, dtype=torch.bool))
+                x, _ = layer(x, mask, subset=mask.rows_of(subset_mask))  # (M, C)
+                return EncoderOutput(last_hidden_state=x)
             x, weights = layer(x, mask, output_attentions)
             attentions.append(weights)
             if output_hidden_states:
                 hidden.append(x if packing is None else pad(x, packing))
         if not output_hidden_states:
             hidden.append(x if packing is None else pad(x, packing))  # (B, T, C)
+        last = hidden[-1] if subset_mask is None else hidden[-1][subset_mask.bool()]  # (M, C)
         return EncoderOutput(
-            last_hidden_state=hidden[-1],
+            last_hidden_state=last,
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
         )
@@ -276,6 +307,7 @@ class RobertaModel(PretrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        subset_mask: torch.Tensor | None = None,
     ) -> EncoderOutput:
         """
         Args:
@@ -285,11 +317,14 @@ class RobertaModel(PretrainedModel):
             position_ids: (B, T) explicit positions. Default: pad+1, pad+2, ... over real tokens.
             output_hidden_states: also return the embeddings and every layer's output.
             output_attentions: also return every layer's attention weights (B, nh, T, T).
+            subset_mask: (B, T) bool, the only positions whose final state is wanted; then
+                last_hidden_state is (M, C) in row-major order and there is no pooler output
+                (what the task heads use to skip the last layer's other positions).
         """
         self.check_inputs(input_ids, attention_mask, inputs_embeds)
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, C)
-        out = self.encoder(x, attention_mask, output_hidden_states, output_attentions)
-        if self.pooler is not None:
+        out = self.encoder(x, attention_mask, output_hidden_states, output_attentions, subset_mask)
+        if self.pooler is not None and subset_mask is None:
             out.pooler_output = self.pooler(out.last_hidden_state)  # (B, C)
         return out
 

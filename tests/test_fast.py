@@ -11,8 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from roberta.config import RobertaConfig
-from roberta.fast import Packing, _repadded_attention, packed_attention, pad, token_budget_batches, unpad
-from roberta.heads import RobertaForQuestionAnswering, RobertaForSequenceClassification
+from roberta.fast import (
+    Packing,
+    _repadded_attention,
+    _repadded_subset_attention,
+    packed_attention,
+    pad,
+    subset_attention,
+    token_budget_batches,
+    unpad,
+)
+from roberta.heads import RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification
 from roberta.model import RobertaModel
 
 TOL = 1e-5
@@ -100,6 +109,34 @@ def test_packed_attention_equals_masked_sdpa_at_every_row():
     assert (_repadded_attention(unpad(qkv, p), p, 0.0) - ref).abs().max() < TOL
 
 
+def test_rows_of_by_hand():
+    """Real positions map to their packed rows, padding positions to their row's slot."""
+    real = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0]])
+    p = Packing.from_mask(real)  # rows: 0 1 | slot 2 | 3 4 5 | slot 6 | 7 8 9 10 | 11 12 | slot 13
+    want = torch.tensor([[1, 0, 0, 1], [1, 1, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0]]).bool()
+    sub = p.rows_of(want)
+    assert sub.indices.tolist() == [0, 2, 6, 3, 13, 12] and sub.counts == (2, 2, 0, 2)
+    with pytest.raises(ValueError, match="positions must be"):
+        p.rows_of(want[:, :3])
+
+
+def test_subset_attention_equals_packed_attention_at_its_rows():
+    ids, mask = batch(left=(1,))
+    p = Packing.from_mask(mask)
+    g = torch.Generator().manual_seed(7)
+    want = torch.rand(mask.shape, generator=g) < 0.3
+    want[2] = False  # a sequence with no wanted position
+    sub = p.rows_of(want)
+    qkv = torch.randn(p.num_rows, 3, 4, 8)
+    ref = packed_attention(qkv, p).index_select(0, sub.indices)  # (M, nh * hs)
+    q, kv = qkv[:, 0].index_select(0, sub.indices), qkv[:, 1:]
+    assert ref.shape[0] == int(want.sum()) > 0
+    assert (subset_attention(q, kv, p, sub) - ref).abs().max() < TOL
+    assert (_repadded_subset_attention(q, kv, p, sub, 0.0) - ref).abs().max() < TOL
+    none = p.rows_of(torch.zeros_like(want))
+    assert subset_attention(q[:0], kv, p, none).shape == (0, 32)
+
+
 def test_token_budget_batches():
     lengths = [5, 30, 8, 30, 12, 2, 40, 7]
     plan = token_budget_batches(lengths, max_tokens=64, max_batch_size=3)
@@ -148,6 +185,54 @@ def test_no_padding_takes_the_padded_path_and_agrees(model):
     assert (model(ids).last_hidden_state - padded_forward(model, ids, ones)[-1]).abs().max() < TOL
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("lengths,left", [((11, 4, 7, 1, 11), (1,)), ((9, 9, 9), ())])
+def test_subset_mask_equals_full_forward_at_its_positions(model, lengths, left):
+    """Padded (either side) and unpadded batches; wanted positions real or padding; a row with none."""
+    ids, mask = batch(lengths, left=left, seed=8)
+    full = model(ids, mask).last_hidden_state  # (B, T, C)
+    want = torch.rand(ids.shape, generator=torch.Generator().manual_seed(9)) < 0.4
+    want[:, 0], want[-1] = True, False
+    out = model(ids, mask, subset_mask=want)
+    assert out.last_hidden_state.shape == (int(want.sum()), full.shape[-1]) and out.pooler_output is None
+    assert (out.last_hidden_state - full[want]).abs().max() < TOL
+    both = model(ids, mask, subset_mask=want, output_hidden_states=True)  # the full path, then selected
+    assert torch.equal(both.last_hidden_state, full[want]) and torch.equal(both.hidden_states[-1], full)
+
+
+@torch.no_grad()
+def test_classifier_logits_equal_with_and_without_the_last_layer_subset():
+    torch.manual_seed(4)
+    clf = RobertaForSequenceClassification(tiny_config()).eval()
+    ids, mask = batch(left=(2,), seed=10)
+    fast = clf(ids, mask).logits
+    full = clf(ids, mask, output_hidden_states=True)  # every position of every layer computed
+    assert (fast - full.logits).abs().max() < TOL
+    assert (fast - clf.classifier(full.hidden_states[-1][:, 0])).abs().max() < TOL
+
+
+def test_sparse_mlm_logits_and_gradients_equal_the_dense_ones():
+    torch.manual_seed(5)
+    mlm = RobertaForMaskedLM(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).train()
+    ids, mask = batch(seed=11)
+    labels = torch.full_like(ids, -100)
+    keep = (torch.rand(ids.shape, generator=torch.Generator().manual_seed(12)) < 0.2) & mask.bool()
+    keep[0, 1] = True
+    labels[keep] = ids[keep]
+
+    def sparse():
+        return mlm(ids, mask, labels=labels, sparse_logits=True)
+
+    def dense():
+        return mlm(ids, mask, labels=labels)
+
+    assert (sparse().logits - dense().logits[keep]).abs().max() < TOL
+    a, b = grads(mlm, lambda: sparse().loss), grads(mlm, lambda: dense().loss)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] - b[name]).abs().max() < TOL, name
+
+
 def grads(model, loss_fn) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     loss_fn().backward()
@@ -186,7 +271,7 @@ def test_classifier_training_step_matches_with_dropout_off():
     labels = torch.tensor([0, 1, 1, 0, 1])
     a = grads(clf, lambda: clf(ids, mask, labels=labels).loss)
     b = grads(
-        clf, lambda: F.cross_entropy(clf.classifier(padded_forward(clf.roberta, ids, mask)[-1]), labels)
+        clf, lambda: F.cross_entropy(clf.classifier(padded_forward(clf.roberta, ids, mask)[-1][:, 0]), labels)
     )
     for name in a:
         assert (a[name] - b[name]).abs().max() < TOL, name
