@@ -120,28 +120,22 @@ def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0
 
     qkv: (N, 3, nh, hs) queries, keys and values of the packed rows. Returns (N, nh * hs), the
     heads concatenated. Equals SDPA on the padded batch with padding keys masked, at every row.
-    On CPU one SDPA call per sequence computes no padding at all (measured fastest: see
-    benchmarks/speed.py); elsewhere one masked call on the re-padded batch avoids many launches.
+    It is `subset_attention` with every row as a query.
     """
-    if qkv.device.type != "cpu":
-        return _repadded_attention(qkv, packing, dropout_p)
-    outs = []
-    for part, n in zip(qkv.split(packing.sizes), packing.lengths):  # (S, 3, nh, hs), one sequence
-        q, k, v = part.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # 3 x (1, nh, S, hs)
-        y = F.scaled_dot_product_attention(q, k[:, :, :n], v[:, :, :n], dropout_p=dropout_p)
-        outs.append(y[0].transpose(0, 1).flatten(1))  # (S, nh * hs)
-    return torch.cat(outs)
+    every_row = Subset(torch.arange(packing.num_rows, device=qkv.device), packing.sizes)
+    return subset_attention(qkv[:, 0], qkv[:, 1:], packing, every_row, dropout_p)
 
 
 def subset_attention(
     q: torch.Tensor, kv: torch.Tensor, packing: Packing, subset: Subset, dropout_p: float = 0.0
 ) -> torch.Tensor:
-    """`packed_attention` for some queries only: each `subset` row attends over its own sequence's
-    real keys.
+    """Attention for some queries only: each `subset` row attends over its own sequence's real keys.
 
     q: (M, nh, hs) the subset rows' queries; kv: (N, 2, nh, hs) keys and values of all packed rows.
     Returns (M, nh * hs). A classifier reads one position per sequence and the MLM loss the masked
-    ones, so the last layer needs queries, attention, Wᴼ and the FFN at those rows only.
+    ones, so the last layer needs queries, attention, Wᴼ and the FFN at those rows only. On CPU
+    one SDPA call per sequence computes no padding at all (measured fastest: see
+    benchmarks/speed.py); elsewhere one masked call on the re-padded batch avoids many launches.
     """
     if q.device.type != "cpu":
         return _repadded_subset_attention(q, kv, packing, subset, dropout_p)
@@ -171,20 +165,6 @@ def _repadded_subset_attention(
     k, v = dkv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, nh, S, hs)
     y = F.scaled_dot_product_attention(dq, k, v, attn_mask=keys[:, None, None, :], dropout_p=dropout_p)
     return y.transpose(1, 2).reshape(B * Q, nh * hs).index_select(0, q_rows)  # (M, nh * hs)
-
-
-def _repadded_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float) -> torch.Tensor:
-    """`packed_attention` as one SDPA call: rows re-padded to the longest sequence, keys masked."""
-    N, _, nh, hs = qkv.shape
-    B, S = packing.batch_size, max(packing.sizes, default=0)
-    pos = torch.arange(S, device=qkv.device)
-    rows = pos < torch.tensor(packing.sizes, device=qkv.device)[:, None]  # (B, S)
-    keys = pos < torch.tensor(packing.lengths, device=qkv.device)[:, None]  # (B, S)
-    where = rows.flatten().nonzero().squeeze(1)  # (N,)
-    dense = qkv.new_zeros(B * S, 3, nh, hs).index_copy(0, where, qkv).view(B, S, 3, nh, hs)
-    q, k, v = dense.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, S, hs)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :], dropout_p=dropout_p)
-    return y.transpose(1, 2).reshape(B * S, nh * hs).index_select(0, where)  # (N, nh * hs)
 
 
 def token_budget_batches(

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from roberta.config import RobertaConfig
 from roberta.fast import (
     Packing,
-    _repadded_attention,
+    Subset,
     _repadded_subset_attention,
     packed_attention,
     pad,
@@ -97,16 +97,25 @@ def test_unpad_pad_round_trip():
     assert torch.equal(back[0, 4], x[0, 3]) and torch.equal(back[1:], x[1:])
 
 
+def masked_sdpa(qkv: torch.Tensor, mask: torch.Tensor, p: Packing) -> torch.Tensor:
+    """The plain path: SDPA on the padded batch, padding keys masked, then packed. (N, nh * hs)"""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bool()[:, None, None, :])
+    return unpad(ref.transpose(1, 2).flatten(2), p)  # padding slots included
+
+
 def test_packed_attention_equals_masked_sdpa_at_every_row():
     ids, mask = batch(left=(1,))
     p = Packing.from_mask(mask)
     B, T = mask.shape
     qkv = torch.randn(B, T, 3, 4, 8)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bool()[:, None, None, :])
-    ref = unpad(ref.transpose(1, 2).flatten(2), p)  # (N, nh * hs), padding slots included
-    assert (packed_attention(unpad(qkv, p), p) - ref).abs().max() < TOL
-    assert (_repadded_attention(unpad(qkv, p), p, 0.0) - ref).abs().max() < TOL
+    ref = masked_sdpa(qkv, mask, p)
+    packed = unpad(qkv, p)  # (N, 3, nh, hs)
+    every_row = Subset(torch.arange(p.num_rows), p.sizes)
+    assert (packed_attention(packed, p) - ref).abs().max() < TOL
+    assert (
+        _repadded_subset_attention(packed[:, 0], packed[:, 1:], p, every_row, 0.0) - ref
+    ).abs().max() < TOL
 
 
 def test_rows_of_by_hand():
@@ -120,15 +129,15 @@ def test_rows_of_by_hand():
         p.rows_of(want[:, :3])
 
 
-def test_subset_attention_equals_packed_attention_at_its_rows():
+def test_subset_attention_equals_masked_sdpa_at_its_rows():
     ids, mask = batch(left=(1,))
     p = Packing.from_mask(mask)
     g = torch.Generator().manual_seed(7)
     want = torch.rand(mask.shape, generator=g) < 0.3
     want[2] = False  # a sequence with no wanted position
     sub = p.rows_of(want)
-    qkv = torch.randn(p.num_rows, 3, 4, 8)
-    ref = packed_attention(qkv, p).index_select(0, sub.indices)  # (M, nh * hs)
+    qkv = unpad(torch.randn(*mask.shape, 3, 4, 8, generator=g), p)  # (N, 3, nh, hs)
+    ref = masked_sdpa(pad(qkv, p), mask, p).index_select(0, sub.indices)  # (M, nh * hs)
     q, kv = qkv[:, 0].index_select(0, sub.indices), qkv[:, 1:]
     assert ref.shape[0] == int(want.sum()) > 0
     assert (subset_attention(q, kv, p, sub) - ref).abs().max() < TOL
