@@ -127,6 +127,7 @@ def add_pretrain(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="processes building batches ahead (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start; for GPUs)")
     p.set_defaults(func=run_pretrain)
 
 
@@ -159,6 +160,7 @@ def run_pretrain(args) -> None:
         precision=args.precision,
         seed=args.seed,
         num_workers=args.workers,
+        compile=args.compile,
     )
     if args.init_from and (args.config or args.init != "roberta"):
         raise ValueError(
@@ -272,6 +274,7 @@ def _finetune_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="processes building batches ahead (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start; for GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -291,6 +294,7 @@ def run_finetune(args) -> None:
         patience=args.patience,
         seed=args.seed,
         num_workers=args.workers,
+        compile=args.compile,
         progress=not args.no_progress,
     )
     common = dict(max_length=args.max_length, resume=args.resume)

@@ -25,7 +25,10 @@ them as `subset_mask`; the last layer then computes keys and values at every row
 attention, Wᴼ, the FFN and the LayerNorms at those rows only (`Packing.rows_of`,
 `subset_attention`).
 
-Every function here is pure and pinned to the padded path by tests/test_fast.py.
+Every function here is pure and pinned to the padded path by tests/test_fast.py. Those that take a
+`Packing` stay out of `torch.compile` graphs (`eager`): their loops and sizes are Python ints that
+differ in every batch, which a graph would guard on and be recompiled for. The dense layers between
+them compile once for any number of rows.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+eager = torch.compiler.disable  # run as plain Python under torch.compile (a graph break, no guards)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Packing:
     seq_len: int
 
     @classmethod
+    @eager
     def from_mask(cls, real: torch.Tensor) -> Packing:
         """real: (B, T) bool or 0/1, True = real token."""
         real = real.bool()
@@ -75,6 +81,7 @@ class Packing:
         """N: packed rows, real tokens plus slots."""
         return int(self.indices.numel())
 
+    @eager
     def rows_of(self, positions: torch.Tensor) -> Subset:
         """The packed rows holding the states of `positions`, (B, T) bool, in row-major order.
 
@@ -101,11 +108,18 @@ class Subset:
     counts: tuple[int, ...]
 
 
+@eager
+def has_padding(attention_mask: torch.Tensor) -> bool:
+    """Whether a (B, T) mask (1 = real token) has any padding: the encoder unpads only then."""
+    return not bool(attention_mask.all())
+
+
 def unpad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     """(B, T, ...) -> (N, ...): the packed rows, in `packing.indices` order."""
     return x.flatten(0, 1).index_select(0, packing.indices)
 
 
+@eager
 def pad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     """(N, ...) -> (B, T, ...): every packed row back in its place; each padding position of a
     row gets the state of that row's slot."""
@@ -115,6 +129,7 @@ def pad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     return fill.index_copy(0, packing.indices, x).view(B, T, *x.shape[1:])
 
 
+@eager
 def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(QKᵀ/√d_k)·V of each sequence over its own real keys, on packed rows.
 
@@ -126,6 +141,7 @@ def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0
     return subset_attention(qkv[:, 0], qkv[:, 1:], packing, every_row, dropout_p)
 
 
+@eager
 def subset_attention(
     q: torch.Tensor, kv: torch.Tensor, packing: Packing, subset: Subset, dropout_p: float = 0.0
 ) -> torch.Tensor:

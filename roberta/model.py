@@ -27,7 +27,7 @@ from torch import nn
 
 from roberta.checkpoint import PretrainedModel
 from roberta.config import RobertaConfig
-from roberta.fast import Packing, Subset, packed_attention, pad, subset_attention, unpad
+from roberta.fast import Packing, Subset, eager, has_padding, packed_attention, pad, subset_attention, unpad
 
 
 def position_ids_from_input_ids(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -242,7 +242,7 @@ class Encoder(nn.Module):
         row-major order, and the last layer computes only them (its keys and values still see
         every token): the same numbers for about 1/L less work.
         """
-        real = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        real = attention_mask.bool() if attention_mask is not None and has_padding(attention_mask) else None
         packing = None if real is None or output_attentions else Packing.from_mask(real)
         hidden, attentions = [x], []
         if packing is not None:
@@ -328,6 +328,7 @@ class RobertaModel(PretrainedModel):
             out.pooler_output = self.pooler(out.last_hidden_state)  # (B, C)
         return out
 
+    @eager  # it reads values (token id range): outside torch.compile graphs
     def check_inputs(
         self,
         input_ids: torch.Tensor | None,

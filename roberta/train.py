@@ -6,7 +6,8 @@
 What it does, and where:
   - AdamW, no weight decay on biases and LayerNorm weights; linear warmup then linear decay to 0
     over the planned steps (`build_optimizer`, `build_scheduler`).
-  - Gradient accumulation, gradient clipping, bf16/fp16 autocast where the device supports it.
+  - Gradient accumulation, gradient clipping, bf16/fp16 autocast where the device supports it;
+    `compile=True` runs the training steps through `torch.compile`.
   - Data is random access: micro-batch `i` of epoch `e` is `source.batch(e, i)`. Step `s` uses the
     micro-batches `(s * A + a) * W + r` (A accumulation steps, W ranks, r this rank), so a resumed
     run restarts at the exact batch, and `torchrun` with W ranks sees the same global batch as one
@@ -79,6 +80,7 @@ class TrainConfig:
     patience: int | None = None  # evaluations without improvement before stopping
     precision: str = "auto"  # "auto": bf16 on a GPU that has it, else fp32
     num_workers: int = 0  # processes building micro-batches ahead of the step (0: built in the loop)
+    compile: bool = False  # torch.compile the model for the training steps (minutes to start, then faster)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -423,6 +425,9 @@ class Trainer:
         self.amp = autocast_dtype(cfg, self.dist.device)
         self.scaler = torch.amp.GradScaler(enabled=self.amp is torch.float16)
         self.ddp = self._wrap(self.model)
+        # What the loss function calls: the model (DDP-wrapped under torchrun), compiled on request.
+        # Evaluation and checkpoints use the plain model.
+        self.forward_model = torch.compile(self.ddp) if cfg.compile else self.ddp
         self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
         self.best: float | None = None
         self.bad_evals = 0
@@ -537,7 +542,7 @@ class Trainer:
             last = a == self.cfg.grad_accum - 1
             sync = nullcontext() if last or self.dist.world == 1 else self.ddp.no_sync()
             with sync, self._autocast():
-                loss = self.loss_fn(self.ddp, batch)
+                loss = self.loss_fn(self.forward_model, batch)
             with sync:
                 self.scaler.scale(loss / self.cfg.grad_accum).backward()
             loss_sum += float(loss.detach())

@@ -35,3 +35,36 @@ def test_bad_model_path_is_one_clear_line(tmp_path, capsys):
     assert main(["encode", TEXT, "--model", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("roberta encode: error:") and "Traceback" not in err
+
+
+def test_compile_flag_reaches_the_training_config(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """--compile on pretrain and finetune sets TrainConfig.compile (what it does: tests/test_train.py)."""
+    import types
+
+    import roberta.finetune
+    import roberta.pretrain
+
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append(next(a for a in args if hasattr(a, "compile")).compile)
+        return types.SimpleNamespace()
+
+    monkeypatch.setattr(roberta.pretrain, "pretrain", record)
+    monkeypatch.setattr(roberta.finetune, "finetune_classifier", record)
+    common = ["--out", str(tmp_path), "--max-steps", "1"]
+    pretrain = ["pretrain", "--corpus", "c.txt", "--tokenizer", str(tiny_model_dir), *common]
+    finetune = [
+        "finetune",
+        "classify",
+        "--train",
+        "t.tsv",
+        "--dev",
+        "d.tsv",
+        "--model",
+        str(tiny_model_dir),
+        *common,
+    ]
+    for argv in (pretrain, pretrain + ["--compile"], finetune, finetune + ["--compile"]):
+        assert main(argv) == 0
+    assert seen == [False, True, False, True]
