@@ -10,11 +10,14 @@ Workloads (fixed seeds; ids are random tokens between <s> ... </s>, right paddin
      clips to its 128 positions), handed over in batches of 32 in the drawn order, each padded to
      its longest, as a user would. Metric: real (non-padding) tokens per second.
   B  inference, fixed shape: a batch of 8 x 128 real tokens. Metric: median ms per batch.
-  C  fine-tuning step, sequence classification (2 labels), AdamW: batches of 16 with A's lengths.
+  C  fine-tuning step, sequence classification (2 labels): batches of 16 with A's lengths.
      Metric: real tokens per second.
   D  MLM pretraining step on packed 128-token blocks (8 per batch for base, 32 for small), 15% of
-     positions masked, AdamW. Ours uses sparse_logits=True (the LM head projects only the masked
+     positions masked. Ours uses sparse_logits=True (the LM head projects only the masked
      positions); transformers computes full logits, as it does. Metric: tokens per second.
+  A step is forward, backward and the AdamW update, with the optimizer each library's trainer
+  builds: transformers' Trainer default (torch's fused AdamW since torch 2.8, no weight decay) and
+  ours `roberta.train.build_optimizer` (fused AdamW, decay except on biases and LayerNorm).
 Inference runs under torch.inference_mode; training in train mode with dropout as configured.
 
 How. Speed: all engines live in this process and take turns on each batch or step (the first
@@ -168,7 +171,7 @@ def encode_fn(engine: str, folder: Path, device: str):
 def trainer(engine: str, kind: str, folder: Path, args, data: list[dict]) -> Callable[[int], None]:
     """step(i): one AdamW step of engine's `kind` model on data[i]."""
     model = load_torch(engine, kind, folder, args.device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = training_optimizer(engine, model)
     extra = {"sparse_logits": True} if kind == "mlm" and engine.startswith("ours") else {}
 
     def step(i: int) -> None:
@@ -180,6 +183,17 @@ def trainer(engine: str, kind: str, folder: Path, args, data: list[dict]) -> Cal
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def training_optimizer(engine: str, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer each library's own trainer would build for this model (see the docstring)."""
+    if engine.startswith("ours"):
+        from roberta.train import TrainConfig, build_optimizer
+
+        return build_optimizer(model, TrainConfig(out_dir="unused", lr=1e-5, max_steps=1))
+    # transformers' TrainingArguments default, optim="adamw_torch_fused" (torch >= 2.8), decay 0.
+    # (Its Trainer itself needs `accelerate`, which this benchmark does not install.)
+    return torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True)
 
 
 def onnxruntime_fn(folder: Path):

@@ -96,6 +96,33 @@ def test_no_weight_decay_on_biases_and_layernorm():
     assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
 
 
+def test_fused_adamw_gives_the_per_tensor_update():
+    """build_optimizer's fused AdamW (the fast path) against torch's per-tensor loop, same groups."""
+    fast, plain = tiny_model(0.0), tiny_model(0.0)
+    opt = T.build_optimizer(fast, config(Path("unused")))
+    assert opt.defaults["fused"]
+    same = ("lr", "betas", "eps", "weight_decay")
+    groups = [{**{k: g[k] for k in same}, "params": params(plain, names(fast, g))} for g in opt.param_groups]
+    ref = torch.optim.AdamW(groups, foreach=False)
+    batch = _ns["make_batch"](list(range(8)), 0)
+    for _ in range(5):
+        for model, o in ((fast, opt), (plain, ref)):
+            model(**batch).loss.backward()
+            o.step()
+            o.zero_grad()
+    assert max_diff(fast.state_dict(), plain.state_dict()) <= 1e-6
+    assert max_diff(fast.state_dict(), tiny_model(0.0).state_dict()) > 1e-3  # it did train
+
+
+def names(model: torch.nn.Module, group: dict) -> list[str]:
+    ids = {id(p) for p in group["params"]}
+    return [n for n, p in model.named_parameters() if id(p) in ids]
+
+
+def params(model: torch.nn.Module, wanted: list[str]) -> list[torch.nn.Parameter]:
+    return [dict(model.named_parameters())[n] for n in wanted]
+
+
 def test_shuffled_batches_cover_each_epoch_once_in_a_new_order():
     src = tiny_source(batch_size=4)
     assert len(src) == 16
