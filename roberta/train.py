@@ -208,8 +208,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; biases and LayerNorm weights (all 1-d parameters) get no weight decay.
 
     The fused kernel (one pass over all parameters) where torch has it for the parameters' device:
-    the same update to ~1e-7, and on a CPU 10x faster than the per-tensor loop (roberta-base:
-    1.8 s -> 0.17 s a step, measured on this project's 2-core machine)."""
+    the same update to ~1e-7, and several times faster than the per-tensor loop on a CPU
+    (benchmarks/optimizer.py: 0.94 s -> 0.14 s a step for roberta-base on this project's 2 cores)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
