@@ -114,6 +114,20 @@ def test_fused_adamw_gives_the_per_tensor_update():
     assert max_diff(fast.state_dict(), tiny_model(0.0).state_dict()) > 1e-3  # it did train
 
 
+def test_fused_adamw_resumes_a_state_saved_by_the_per_tensor_loop():
+    """Runs checkpointed before the fused optimizer (trainer_state.pt) continue with it."""
+    model = tiny_model(0.0)
+    groups = T.build_optimizer(model, config(Path("unused"))).param_groups
+    old = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups])
+    model(**_ns["make_batch"](list(range(8)), 0)).loss.backward()
+    old.step()
+    new = T.build_optimizer(model, config(Path("unused")))
+    new.load_state_dict(old.state_dict())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    new.step()
+    assert new.defaults["fused"] and max_diff(before, model.state_dict()) > 0
+
+
 def names(model: torch.nn.Module, group: dict) -> list[str]:
     ids = {id(p) for p in group["params"]}
     return [n for n, p in model.named_parameters() if id(p) in ids]
