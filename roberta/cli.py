@@ -430,6 +430,12 @@ def _task_args(p: argparse.ArgumentParser, texts: bool = True) -> None:
         p.add_argument("--file", help="a UTF-8 text file, one text per line")
         p.add_argument("--jsonl", help="a JSON-lines file, one object per line (see --field)")
         p.add_argument("--field", default="text", help="the --jsonl field holding the text (default: text)")
+    _predictor_options(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
+
+
+def _predictor_options(p: argparse.ArgumentParser) -> None:
+    """--model, --device, --batch-size, --max-tokens, --dtype: how a task model is loaded and run."""
     _model_arg(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
@@ -437,7 +443,6 @@ def _task_args(p: argparse.ArgumentParser, texts: bool = True) -> None:
     p.add_argument(
         "--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: opt-in, fast on GPUs and AMX CPUs"
     )
-    p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
 
 
 def _predictor_args(args) -> dict:
@@ -652,6 +657,41 @@ def run_embed(args) -> None:
             print(f"  [{' '.join(f'{x:+.3f}' for x in v[:4])} …]  {_short(text)}")
 
 
+# ---- serve -------------------------------------------------------------------------------------
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP, batching the requests that arrive together")
+    _predictor_options(p)
+    p.add_argument(
+        "--task",
+        help="fill-mask, classify, ner, qa or embed (default: what the checkpoint was saved for)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="default: 8000")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a request waits for others to share its batch (default: 5)",
+    )
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args) -> None:
+    from roberta.serve import serve
+
+    serve(
+        args.model,
+        args.task,
+        args.host,
+        args.port,
+        args.batch_size,
+        args.max_wait_ms,
+        **_predictor_args(args),
+    )
+
+
 # ---- main --------------------------------------------------------------------------------------
 
 
@@ -672,6 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ner(sub)
     add_qa(sub)
     add_embed(sub)
+    add_serve(sub)
     # (other commands are added here, one add_<name>(sub) call each)
     return parser
 
@@ -680,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TypeError, OSError) as e:  # the user's input was wrong: one clear line
+    except (ValueError, TypeError, OSError, ImportError) as e:  # bad input or a missing extra: one clear line
         if os.environ.get("ROBERTA_DEBUG"):
             raise
         print(f"roberta {args.command}: error: {e}", file=sys.stderr)

@@ -1,0 +1,328 @@
+"""An HTTP server for one model, with dynamic batching.
+
+    roberta serve                                   # the built-in model: POST /fill-mask
+    roberta serve --model runs/sst2/best            # a classifier: POST /classify
+
+    curl -s localhost:8000/classify -H 'content-type: application/json' -d '{"inputs": "a gripping film"}'
+    # {"outputs": {"label": "positive", "score": 0.97, "scores": {...}}}
+
+Each request is a few texts; a forward pass is cheap per text only when it holds many. So requests
+are not run one by one: a single worker thread owns the model, takes the first waiting request,
+gathers every request that arrives within `max_wait_ms` (up to `max_batch_size` texts), and answers
+them all with one call of the task's predictor (`roberta/predict.py`), which sorts the texts by
+length into forward passes. Results are the ones the Python API gives for each request alone
+(`tests/test_serve.py`), whatever else shared its batch.
+
+Endpoints: `POST /<task>` (the loaded model's task: fill-mask, classify, ner, qa or embed; bodies as
+the Python API's arguments, `inputs` a text or a list, `outputs` one result or a list), `GET /health`,
+`GET /info` (model, task, device, batching settings and counters: requests, batches, texts).
+Malformed bodies get 422 with what was wrong; input the task cannot take (a fill-mask text without
+`<mask>`) gets 400 with the predictor's message, and only that request fails, not its batchmates.
+
+FastAPI and uvicorn are an optional extra: `pip install -e ".[serve]"`.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' body types from their
+# annotations, and the body models are local to build_app, where string annotations would not resolve.
+import asyncio
+import contextlib
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from roberta.hub import MODEL_FILES, resolve
+from roberta.predict import Classifier, Embedder, FillMask, Predictor, QuestionAnswerer, Tagger
+
+# The task a checkpoint is for, from the architecture its config.json names (a base or masked-LM
+# checkpoint fills masks; `--task embed` serves any checkpoint's encoder).
+TASK_OF_ARCHITECTURE = {
+    "RobertaForMaskedLM": "fill-mask",
+    "RobertaModel": "fill-mask",
+    "RobertaForSequenceClassification": "classify",
+    "RobertaForTokenClassification": "ner",
+    "RobertaForQuestionAnswering": "qa",
+}
+TASKS = ("fill-mask", "classify", "ner", "qa", "embed")
+
+
+def task_of(name_or_path: str) -> str:
+    """The task of a checkpoint: what its config.json's `architectures` says it was saved as."""
+    config = json.loads((resolve(name_or_path, MODEL_FILES) / "config.json").read_text(encoding="utf-8"))
+    names = config.get("architectures") or ["RobertaModel"]
+    task = TASK_OF_ARCHITECTURE.get(names[0])
+    if task is None:
+        raise ValueError(
+            f"{name_or_path} holds a {names[0]}, which has no task here; pass --task, one of {', '.join(TASKS)}"
+        )
+    return task
+
+
+# ---- dynamic batching --------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    items: list  # the request's texts (or (question, context) pairs)
+    params: tuple  # the task method's other arguments, sorted (key, value) pairs
+    future: Future = field(default_factory=Future)
+
+
+class Batcher:
+    """One worker thread that answers requests in batches.
+
+    run(items, params) -> one result per item: the task's predictor on a list of texts. The
+    requests that arrive within `max_wait_ms` of the first, up to `max_batch_size` items in all (a
+    larger request goes alone), are gathered; those with the same params go through one `run` call.
+    When a call fails, each of its requests is run alone, so that only the one at fault gets the error.
+    """
+
+    def __init__(self, run: Callable[[list, dict], list], max_batch_size: int = 32, max_wait_ms: float = 5.0):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be 0 or more, got {max_wait_ms}")
+        self.run, self.max_batch_size, self.max_wait = run, max_batch_size, max_wait_ms / 1000
+        self.stats = {"requests": 0, "batches": 0, "texts": 0}
+        self._queue: queue.Queue[Request | None] = queue.Queue()  # None: stop
+        self._held: list[Request | None] = []  # taken from the queue, but it starts the next batch
+        self._thread = threading.Thread(target=self._work, name="roberta-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, items: Sequence, params: dict[str, Any]) -> Future:
+        """Queue a request; its future gets the list of results, one per item, or the exception."""
+        request = Request(list(items), tuple(sorted(params.items())))
+        self._queue.put(request)
+        return request.future
+
+    def close(self) -> None:
+        """Stop the worker once the requests queued so far are answered."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _gather(self) -> list[Request] | None:
+        """The first waiting request and those that arrive within `max_wait` of it, while they fit
+        in `max_batch_size` items; None when it is time to stop."""
+        first = self._held.pop() if self._held else self._queue.get()
+        if first is None:
+            return None
+        gathered, size = [first], len(first.items)
+        deadline = time.monotonic() + self.max_wait
+        while size < self.max_batch_size:
+            try:
+                request = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if request is None or size + len(request.items) > self.max_batch_size:
+                self._held.append(request)  # it starts the next gathering
+                break
+            gathered.append(request)
+            size += len(request.items)
+        return gathered
+
+    def _work(self) -> None:
+        while (gathered := self._gather()) is not None:
+            by_params: dict[tuple, list[Request]] = {}
+            for r in gathered:
+                by_params.setdefault(r.params, []).append(r)
+            for batch in by_params.values():
+                self._answer(batch)
+
+    def _answer(self, batch: list[Request]) -> None:
+        """One `run` call for requests with the same params; each alone if that call fails."""
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(batch)
+        self.stats["texts"] += sum(len(r.items) for r in batch)
+        try:
+            results = self.run([item for r in batch for item in r.items], dict(batch[0].params))
+        except Exception as e:
+            if len(batch) == 1:
+                batch[0].future.set_exception(e)
+                return
+            for r in batch:  # find the request at fault
+                try:
+                    r.future.set_result(self.run(r.items, dict(r.params)))
+                except Exception as e_alone:
+                    r.future.set_exception(e_alone)
+            return
+        start = 0
+        for r in batch:
+            r.future.set_result(results[start : start + len(r.items)])
+            start += len(r.items)
+
+
+def task_runner(task: str, predictor: Predictor, batch_size: int) -> Callable[[list, dict], list]:
+    """run(items, params) -> one result per item, for the Batcher: the task's predictor method."""
+    if task == "fill-mask":
+        return lambda texts, p: predictor.fill_mask(texts, batch_size=batch_size, **p)
+    if task == "classify":
+        return lambda texts, p: predictor.classify(texts, batch_size=batch_size)
+    if task == "ner":
+        return lambda texts, p: predictor.tag(texts, batch_size=batch_size)
+    if task == "qa":
+
+        def answer(pairs: list, p: dict) -> list:
+            questions, contexts = (list(x) for x in zip(*pairs))
+            return predictor.answer(questions, contexts, batch_size=batch_size, **p)
+
+        return answer
+    if task == "embed":
+        return lambda texts, p: predictor.embed(texts, batch_size=batch_size, **p).tolist()
+    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+PREDICTORS: dict[str, type[Predictor]] = {
+    "fill-mask": FillMask,
+    "classify": Classifier,
+    "ner": Tagger,
+    "qa": QuestionAnswerer,
+    "embed": Embedder,
+}
+
+
+# ---- the app -----------------------------------------------------------------------------------
+
+
+def build_app(
+    predictor: Predictor,
+    task: str,
+    model_name: str = "",
+    batch_size: int = 32,
+    max_wait_ms: float = 5.0,
+):
+    """The FastAPI app serving `predictor` for `task` with dynamic batching."""
+    try:
+        from fastapi import FastAPI, HTTPException
+        from fastapi.responses import JSONResponse
+        from pydantic import BaseModel, ConfigDict, Field
+    except ImportError:
+        raise ImportError('the server needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
+    if task not in PREDICTORS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if not isinstance(predictor, PREDICTORS[task]):
+        raise TypeError(f"task {task!r} needs a {PREDICTORS[task].__name__}, got {type(predictor).__name__}")
+
+    batcher = Batcher(task_runner(task, predictor, batch_size), batch_size, max_wait_ms)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()  # at shutdown, once the requests in flight are answered
+
+    app = FastAPI(
+        title=f"roberta: {task}", description=f"{model_name} ({task}), dynamically batched", lifespan=lifespan
+    )
+
+    Texts = str | list[str]
+
+    class Body(BaseModel):
+        model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
+
+    async def answer(items: list, params: dict, single: bool, field: str = "inputs") -> JSONResponse:
+        if not items:
+            raise HTTPException(422, f"{field} is an empty list; send at least one")
+        try:
+            results = await asyncio.wrap_future(batcher.submit(items, params))
+        except (ValueError, TypeError) as e:  # the predictor's message says what was wrong
+            raise HTTPException(400, str(e)) from None
+        # a Response as it is: FastAPI's generic encoder would walk every float of an embedding
+        return JSONResponse({"outputs": results[0] if single else results})
+
+    def texts_of(inputs: Texts) -> tuple[list[str], bool]:
+        return ([inputs], True) if isinstance(inputs, str) else (inputs, False)
+
+    if task == "fill-mask":
+
+        class FillMaskBody(Body):
+            inputs: Texts = Field(description="text(s) with <mask> where the word to predict goes")
+            top_k: int = Field(5, ge=1, description="predictions per mask")
+
+        @app.post("/fill-mask")
+        async def fill_mask(body: FillMaskBody) -> JSONResponse:
+            texts, single = texts_of(body.inputs)
+            return await answer(texts, {"top_k": body.top_k}, single)
+
+    elif task in ("classify", "ner"):
+
+        class TextsBody(Body):
+            inputs: Texts = Field(description="the text(s) to read")
+
+        async def texts_endpoint(body: TextsBody) -> JSONResponse:
+            texts, single = texts_of(body.inputs)
+            return await answer(texts, {}, single)
+
+        app.post(f"/{task}")(texts_endpoint)
+
+    elif task == "embed":
+
+        class EmbedBody(Body):
+            inputs: Texts = Field(description="the text(s) to embed")
+            pooling: str = Field("mean", pattern="^(mean|cls)$", description="mean or cls (<s>) pooling")
+            normalize: bool = Field(True, description="unit-length vectors")
+
+        @app.post("/embed")
+        async def embed(body: EmbedBody) -> JSONResponse:
+            texts, single = texts_of(body.inputs)
+            return await answer(texts, {"pooling": body.pooling, "normalize": body.normalize}, single)
+
+    else:
+
+        class QABody(Body):
+            question: Texts = Field(description="a question, or a list of them")
+            context: Texts = Field(description="the text holding each answer: one per question")
+            top_k: int = Field(1, ge=1, description="answers per question")
+            max_answer_len: int = Field(30, ge=1, description="the longest answer, in tokens")
+
+        @app.post("/qa")
+        async def qa(body: QABody) -> JSONResponse:
+            questions, single = texts_of(body.question)
+            contexts, single_context = texts_of(body.context)
+            if single != single_context or len(questions) != len(contexts):
+                raise HTTPException(
+                    422, "send one context per question: two strings, or two lists of one length"
+                )
+            params = {"top_k": body.top_k, "max_answer_len": body.max_answer_len}
+            return await answer(list(zip(questions, contexts)), params, single, field="question")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info() -> dict:
+        return {
+            "model": model_name,
+            "task": task,
+            "device": str(predictor.device),
+            "max_batch_size": batch_size,
+            "max_wait_ms": max_wait_ms,
+            "stats": dict(batcher.stats),
+        }
+
+    return app
+
+
+def serve(
+    model: str,
+    task: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    batch_size: int = 32,
+    max_wait_ms: float = 5.0,
+    **predictor_args,
+) -> None:
+    """Load `model` for `task` (default: what its checkpoint is for) and serve it until interrupted."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise ImportError('the server needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
+    task = task or task_of(model)
+    if task not in PREDICTORS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    predictor = PREDICTORS[task].from_pretrained(model, **predictor_args)
+    app = build_app(predictor, task, model, batch_size, max_wait_ms)
+    uvicorn.run(app, host=host, port=port, log_level="info")

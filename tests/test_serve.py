@@ -1,0 +1,296 @@
+"""The HTTP server (roberta.serve): dynamic batching, and answers equal to the Python API's.
+
+The batcher is tested with a stand-in `run` (what it batches, and that a bad request fails alone);
+the app with tiny random models of each task, called concurrently through httpx's ASGI transport;
+`roberta serve` itself once, as a subprocess on a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+from roberta.cli import main  # noqa: E402
+from roberta.config import RobertaConfig  # noqa: E402
+from roberta.heads import (  # noqa: E402
+    RobertaForMaskedLM,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+)
+from roberta.predict import Classifier, Embedder, FillMask, QuestionAnswerer, Tagger  # noqa: E402
+from roberta.serve import Batcher, build_app, task_of  # noqa: E402
+from roberta.tokenizer import Tokenizer  # noqa: E402
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+TEXTS = [
+    "A short one.",
+    "Angela Merkel met Emmanuel Macron in Berlin on Tuesday to discuss the budget.",
+    "Hi",
+    "The quick brown fox jumps over the lazy dog, again and again, until it is tired.",
+    "",
+    "Ünïcödé wörds and emoji 🙂 too.",
+]
+MASKED = [t.replace("the", "the <mask>", 1) + " <mask>" for t in TEXTS]
+CONTEXT = "Angela Merkel met Emmanuel Macron in Berlin on Tuesday to discuss the European Union budget."
+QUESTIONS = ["Who met Macron?", "Where did they meet?", "When?", "What was discussed?"]
+
+
+# ---- the batcher, with a stand-in model ---------------------------------------------------------
+
+
+def recording_run(calls: list):
+    """run(items, params) that records each call and answers (item, params) per item; "bad" fails."""
+
+    def run(items: list, params: dict) -> list:
+        calls.append(list(items))
+        if "bad" in items:
+            raise ValueError("bad is not a text this model reads")
+        return [(item, params) for item in items]
+
+    return run
+
+
+def test_requests_that_arrive_together_share_one_call_and_get_their_own_results():
+    calls: list = []
+    batcher = Batcher(recording_run(calls), max_batch_size=64, max_wait_ms=500)
+    futures = [batcher.submit([f"r{i}a", f"r{i}b"], {"top_k": 3}) for i in range(10)]
+    results = [f.result(timeout=10) for f in futures]
+    batcher.close()
+    assert len(calls) == 1 and len(calls[0]) == 20  # one call for all ten requests
+    assert results == [[(f"r{i}a", {"top_k": 3}), (f"r{i}b", {"top_k": 3})] for i in range(10)]
+    assert batcher.stats == {"requests": 10, "batches": 1, "texts": 20}
+
+
+def test_batches_keep_to_the_size_limit_and_to_one_set_of_parameters():
+    calls: list = []
+    batcher = Batcher(recording_run(calls), max_batch_size=4, max_wait_ms=300)
+    sizes_params = [(1, 1), (1, 2), (2, 1), (3, 1), (6, 1), (1, 2)]  # 6 > 4: a batch of its own
+    futures = [batcher.submit([f"t{i}"] * n, {"k": k}) for i, (n, k) in enumerate(sizes_params)]
+    for f, (n, k) in zip(futures, sizes_params):
+        assert [p for _, p in f.result(timeout=10)] == [{"k": k}] * n
+    batcher.close()
+    # gathered in arrival order while they fit in 4: [t0 t1 t2], then [t3], [t4], [t5]; each
+    # gathering runs once per set of parameters
+    assert calls == [["t0", "t2", "t2"], ["t1"], ["t3"] * 3, ["t4"] * 6, ["t5"]]
+    assert batcher.stats == {"requests": 6, "batches": 5, "texts": 14}
+
+
+def test_a_bad_request_fails_alone_and_its_batchmates_are_answered():
+    calls: list = []
+    batcher = Batcher(recording_run(calls), max_batch_size=64, max_wait_ms=300)
+    good1, bad, good2 = (batcher.submit(items, {}) for items in (["a"], ["x", "bad"], ["b"]))
+    assert good1.result(timeout=10) == [("a", {})] and good2.result(timeout=10) == [("b", {})]
+    with pytest.raises(ValueError, match="bad is not a text"):
+        bad.result(timeout=10)
+    batcher.close()
+    assert calls[0] == ["a", "x", "bad", "b"]  # together first, then each alone
+    assert calls[1:] == [["a"], ["x", "bad"], ["b"]]
+
+
+def test_close_answers_what_was_queued_first():
+    calls: list = []
+    batcher = Batcher(recording_run(calls), max_batch_size=1, max_wait_ms=0)
+    futures = [batcher.submit([i], {}) for i in range(5)]
+    batcher.close()
+    assert [f.result(timeout=0) for f in futures] == [[(i, {})] for i in range(5)]
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
+        Batcher(lambda items, params: items, max_batch_size=0)
+    with pytest.raises(ValueError, match="max_wait_ms must be 0 or more"):
+        Batcher(lambda items, params: items, max_wait_ms=-1)
+
+
+# ---- the app, with tiny models of each task ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, data_dir):
+    """task -> folder of a tiny random checkpoint of that task, with roberta-base's tokenizer."""
+    root = tmp_path_factory.mktemp("serve")
+    tokenizer = Tokenizer.from_pretrained(data_dir / "roberta-base-tokenizer", model_max_length=512)
+    models = {
+        "fill-mask": (RobertaForMaskedLM, {}),
+        "classify": (
+            RobertaForSequenceClassification,
+            dict(num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"}),
+        ),
+        "ner": (RobertaForTokenClassification, dict(num_labels=3, id2label={0: "O", 1: "B-PER", 2: "I-PER"})),
+        "qa": (RobertaForQuestionAnswering, {}),
+    }
+    folders = {}
+    for task, (cls, overrides) in models.items():
+        torch.manual_seed(0)
+        cls(RobertaConfig(**TINY, **overrides)).save_pretrained(root / task)
+        tokenizer.save_pretrained(root / task)
+        folders[task] = root / task
+    return folders
+
+
+PREDICTOR = {"fill-mask": FillMask, "classify": Classifier, "ner": Tagger, "qa": QuestionAnswerer}
+
+
+def requests_for(task: str) -> list[dict]:
+    """Bodies to send: single inputs and lists, with the task's options."""
+    if task == "qa":
+        return [{"question": q, "context": CONTEXT, "top_k": 1 + i % 2} for i, q in enumerate(QUESTIONS)] + [
+            {"question": QUESTIONS[:2], "context": [CONTEXT, CONTEXT[:40]]}
+        ]
+    inputs = MASKED if task == "fill-mask" else TEXTS
+    bodies = [{"inputs": t} for t in inputs] + [{"inputs": inputs[:3]}, {"inputs": inputs[2:]}]
+    if task == "fill-mask":
+        bodies[1]["top_k"] = 2
+    if task == "embed":
+        bodies[2]["pooling"] = "cls"
+        bodies[3]["normalize"] = False
+    return bodies
+
+
+def python_api(predictor, task: str, body: dict):
+    """What the Python API gives for one request body, alone."""
+    options = {k: v for k, v in body.items() if k not in ("inputs", "question", "context")}
+    if task == "fill-mask":
+        return predictor.fill_mask(body["inputs"], **options)
+    if task == "classify":
+        return predictor.classify(body["inputs"])
+    if task == "ner":
+        return predictor.tag(body["inputs"])
+    if task == "qa":
+        return predictor.answer(body["question"], body["context"], **options)
+    return predictor.embed(body["inputs"], **options).tolist()
+
+
+def close_to(a, b) -> bool:
+    """Equal structure, equal strings and ints, floats within 1e-5 (batchmates change float sums)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(a - b) <= 1e-5
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(close_to(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(close_to, a, b))
+    return a == b
+
+
+async def post_all(app, path: str, bodies: list[dict]) -> list:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        replies = await asyncio.gather(*(client.post(path, json=b) for b in bodies))
+        info = (await client.get("/info")).json()
+    return replies, info
+
+
+@pytest.mark.parametrize("task", ["fill-mask", "classify", "ner", "qa", "embed"])
+def test_concurrent_requests_are_batched_and_answered_as_the_python_api(checkpoints, task):
+    folder = checkpoints["fill-mask" if task == "embed" else task]
+    predictor = (Embedder if task == "embed" else PREDICTOR[task]).from_pretrained(folder, device="cpu")
+    app = build_app(predictor, task, str(folder), batch_size=32, max_wait_ms=200)
+    bodies = requests_for(task)
+    replies, info = asyncio.run(post_all(app, f"/{task}", bodies))
+    for body, reply in zip(bodies, replies):
+        assert reply.status_code == 200, reply.text
+        assert close_to(reply.json()["outputs"], json.loads(json.dumps(python_api(predictor, task, body))))
+    stats = info["stats"]
+    assert stats["requests"] == len(bodies) and stats["batches"] < len(bodies)  # they shared batches
+    assert info["task"] == task and info["device"] == "cpu"
+
+
+def test_bad_requests_get_clear_errors(checkpoints):
+    app = build_app(FillMask.from_pretrained(checkpoints["fill-mask"], device="cpu"), "fill-mask")
+    bodies = [
+        {"inputs": "no mask here"},
+        {"text": "a <mask>"},
+        {"inputs": []},
+        {"inputs": "a <mask>", "top_k": 0},
+    ]
+    replies, _ = asyncio.run(post_all(app, "/fill-mask", bodies + [{"inputs": "fine <mask>"}]))
+    assert [r.status_code for r in replies] == [400, 422, 422, 422, 200]
+    assert "has no <mask>" in replies[0].json()["detail"]
+    assert "extra" in replies[1].text.lower() and "inputs" in replies[1].text  # misspelt field named
+    assert "empty list" in replies[2].text
+
+
+def test_qa_needs_one_context_per_question(checkpoints):
+    app = build_app(QuestionAnswerer.from_pretrained(checkpoints["qa"], device="cpu"), "qa")
+    body = {"question": ["Who?", "Where?"], "context": [CONTEXT]}
+    (reply,), _ = asyncio.run(post_all(app, "/qa", [body]))
+    assert reply.status_code == 422 and "one context per question" in reply.text
+
+
+def test_only_the_loaded_task_is_served(checkpoints):
+    app = build_app(Classifier.from_pretrained(checkpoints["classify"], device="cpu"), "classify")
+    (reply,), _ = asyncio.run(post_all(app, "/fill-mask", [{"inputs": "a <mask>"}]))
+    assert reply.status_code == 404
+    with pytest.raises(TypeError, match="task 'ner' needs a Tagger"):
+        build_app(Classifier.from_pretrained(checkpoints["classify"], device="cpu"), "ner")
+
+
+def test_the_task_comes_from_the_checkpoint(checkpoints, tmp_path):
+    assert {task: task_of(str(folder)) for task, folder in checkpoints.items()} == {t: t for t in checkpoints}
+    assert task_of("roberta-small-books") == "fill-mask"  # the built-in model
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForPreTraining"]}))
+    with pytest.raises(ValueError, match="BertForPreTraining, which has no task here; pass --task"):
+        task_of(str(tmp_path))
+
+
+# ---- the command -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_roberta_serve_answers_over_http(checkpoints):
+    port = free_port()
+    cmd = [sys.executable, "-m", "roberta.cli", "serve", "--model", str(checkpoints["classify"])]
+    server = subprocess.Popen(
+        [*cmd, "--port", str(port), "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # up to 60 s to import torch and load
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read().decode()
+                time.sleep(0.1)
+        request = urllib.request.Request(
+            f"{url}/classify",
+            data=json.dumps({"inputs": ["a gripping film", "dull"]}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        outputs = json.loads(urllib.request.urlopen(request, timeout=30).read())["outputs"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    expected = Classifier.from_pretrained(checkpoints["classify"], device="cpu").classify(
+        ["a gripping film", "dull"]
+    )
+    assert close_to(outputs, expected)
+
+
+def test_serve_with_an_unknown_task_is_one_clear_line(checkpoints, capsys):
+    assert main(["serve", "--model", str(checkpoints["classify"]), "--task", "translate"]) == 2
+    assert (
+        "unknown task 'translate'; choose one of fill-mask, classify, ner, qa, embed"
+        in capsys.readouterr().err
+    )
