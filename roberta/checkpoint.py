@@ -13,6 +13,7 @@ how it sits in a checkpoint with three attributes:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -121,14 +122,19 @@ class PretrainedModel(nn.Module):
         """Write config.json + model.safetensors (HF layout), each file atomically."""
         from safetensors.torch import save_file
 
+        folder = self.save_config(save_directory)
+        with atomic_file(folder / "model.safetensors") as tmp:
+            save_file(self.hf_state_dict(dtype), tmp, metadata={"format": "pt"})
+        return folder
+
+    def save_config(self, save_directory: str | os.PathLike) -> Path:
+        """Write config.json, naming this class in `architectures` (what transformers instantiates)."""
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
-        architectures = {"architectures": [type(self).__name__]}  # what transformers instantiates
+        architectures = {"architectures": [type(self).__name__]}
         dataclasses.replace(self.config, extra={**self.config.extra, **architectures}).save_json(
             folder / "config.json"
         )
-        with atomic_file(folder / "model.safetensors") as tmp:
-            save_file(self.hf_state_dict(dtype), tmp, metadata={"format": "pt"})
         return folder
 
     # ---- load ---------------------------------------------------------------------------------
@@ -256,3 +262,14 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
         except Exception as e:
             raise ValueError(f"{pt} could not be read ({type(e).__name__}: {e}); is it corrupt?") from None
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
+
+
+def architectures(model: str | os.PathLike) -> list[str]:
+    """The model classes a checkpoint's config.json says it holds (its heads), e.g.
+    ["RobertaForSequenceClassification"]; [] when it does not say."""
+    path = resolve(model, MODEL_FILES) / "config.json"
+    try:
+        found = json.loads(path.read_text(encoding="utf-8")).get("architectures")
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path} could not be read ({e})") from None
+    return list(found or [])

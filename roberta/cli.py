@@ -692,6 +692,49 @@ def run_serve(args) -> None:
     )
 
 
+# ---- export-onnx -------------------------------------------------------------------------------
+
+
+def add_export_onnx(sub) -> None:
+    p = sub.add_parser("export-onnx", help="export a model to ONNX (model.onnx + config + tokenizer files)")
+    _model_arg(p)
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.set_defaults(func=run_export_onnx)
+
+
+def run_export_onnx(args) -> None:
+    from pathlib import Path
+
+    from roberta.checkpoint import architectures
+    from roberta.export import OUTPUTS, export_onnx, max_difference
+    from roberta.predict import pad
+
+    name = (architectures(args.model) or ["RobertaModel"])[0]
+    classes = {cls.__name__: cls for cls in OUTPUTS}
+    if name not in classes:
+        raise ValueError(f"{args.model} holds a {name}; ONNX export takes one of {', '.join(classes)}")
+    tokenizer, model = _load_model(args.model, classes[name])
+    out = Path(args.out)
+    path = export_onnx(model, out / "model.onnx")
+    model.save_config(out)
+    tokenizer.save_pretrained(out)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB), config.json and the tokenizer files")
+    print(
+        f"  {name}: inputs input_ids, attention_mask (batch, length <= {model.config.max_length}); "
+        f"outputs {', '.join(OUTPUTS[classes[name]])}"
+    )
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("  not checked: onnxruntime is not installed (pip install onnxruntime)")
+        return
+    texts = ["The quick brown fox jumps over the lazy dog.", "Hello world"]
+    ids, mask = pad(tokenizer(texts)["input_ids"], tokenizer.pad_token_id, "cpu")
+    print(
+        f"  onnxruntime vs PyTorch on {len(texts)} texts (one padded): max |diff| {max_difference(path, model, ids, mask):.1e}"
+    )
+
+
 # ---- main --------------------------------------------------------------------------------------
 
 
@@ -713,6 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_qa(sub)
     add_embed(sub)
     add_serve(sub)
+    add_export_onnx(sub)
     # (other commands are added here, one add_<name>(sub) call each)
     return parser
 

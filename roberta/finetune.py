@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from roberta.checkpoint import architectures
 from roberta.config import RobertaConfig, write_text_atomic
 from roberta.heads import (
     IGNORE_INDEX,
@@ -258,17 +259,6 @@ def check_labels(found: Iterable[tuple[str, int]], label2id: dict[str, int], pat
                 f"{path} line {line}: label {label!r} is not among the labels the model knows "
                 f"({', '.join(label2id)}); they come from the training data"
             )
-
-
-def architectures(model: str | os.PathLike) -> list[str]:
-    """The model classes a checkpoint's config.json says it holds (its heads), e.g.
-    ["RobertaForSequenceClassification"]; [] when it does not say."""
-    path = resolve(model, MODEL_FILES) / "config.json"
-    try:
-        found = json.loads(path.read_text(encoding="utf-8")).get("architectures")
-    except (OSError, json.JSONDecodeError, AttributeError) as e:
-        raise ValueError(f"{path} could not be read ({e})") from None
-    return list(found or [])
 
 
 def fit_labels(model: str | os.PathLike, cls: type[nn.Module], labels: list[str]) -> dict[int, str]:

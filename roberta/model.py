@@ -234,22 +234,27 @@ class Encoder(nn.Module):
         """x: (B, T, C) embeddings; attention_mask: (B, T), 1 = real token, or None (all real).
 
         A batch with padding is unpadded once, here, unless attention weights are asked for (they
-        are (B, nh, T, T) by definition). Padding positions hold what the padded path gives them
-        (see fast.py).
+        are (B, nh, T, T) by definition) or the model is being exported to a graph (export.py: the
+        unpadded sizes depend on the mask's values). Padding positions hold what the padded path
+        gives them (see fast.py).
 
         subset_mask: (B, T) bool, the positions whose final state the caller reads (a classifier's
         <s>, the masked tokens of MLM). last_hidden_state is then (M, C), those positions in
         row-major order, and the last layer computes only them (its keys and values still see
         every token): the same numbers for about 1/L less work.
         """
-        real = attention_mask.bool() if attention_mask is not None and has_padding(attention_mask) else None
-        packing = None if real is None or output_attentions else Packing.from_mask(real)
+        fast = not torch.compiler.is_exporting()  # a graph export takes the plain path: shapes from T
+        if fast:
+            real = attention_mask.bool() if attention_mask is not None and has_padding(attention_mask) else None
+        else:
+            real = attention_mask.bool() if attention_mask is not None else None
+        packing = None if real is None or output_attentions or not fast else Packing.from_mask(real)
         hidden, attentions = [x], []
         if packing is not None:
             x, mask = unpad(x, packing), packing  # (N, C): real tokens + a slot per padded row
         else:
             mask = None if real is None else real[:, None, None, :]  # (B, 1, 1, T)
-        subset_last = subset_mask is not None and not (output_hidden_states or output_attentions)
+        subset_last = subset_mask is not None and fast and not (output_hidden_states or output_attentions)
         for i, layer in enumerate(self.layers):
             if subset_last and i == len(self.layers) - 1:
                 if packing is None:  # no padding: the (B, T) rows, flattened, are the packing
@@ -345,7 +350,7 @@ class RobertaModel(PretrainedModel):
         if input_ids is not None:
             if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
                 raise TypeError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
-            if input_ids.device.type == "cpu" and input_ids.numel():
+            if input_ids.device.type == "cpu" and input_ids.numel() and not torch.compiler.is_exporting():
                 lo, hi = int(input_ids.min()), int(input_ids.max())
                 if lo < 0 or hi >= self.config.vocab_size:
                     raise ValueError(

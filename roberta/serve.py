@@ -26,7 +26,6 @@ FastAPI and uvicorn are an optional extra: `pip install -e ".[serve]"`.
 # annotations, and the body models are local to build_app, where string annotations would not resolve.
 import asyncio
 import contextlib
-import json
 import queue
 import threading
 import time
@@ -35,7 +34,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from roberta.hub import MODEL_FILES, resolve
+from roberta.checkpoint import architectures
 from roberta.predict import Classifier, Embedder, FillMask, Predictor, QuestionAnswerer, Tagger
 
 # The task a checkpoint is for, from the architecture its config.json names (a base or masked-LM
@@ -52,14 +51,12 @@ TASKS = ("fill-mask", "classify", "ner", "qa", "embed")
 
 def task_of(name_or_path: str) -> str:
     """The task of a checkpoint: what its config.json's `architectures` says it was saved as."""
-    config = json.loads((resolve(name_or_path, MODEL_FILES) / "config.json").read_text(encoding="utf-8"))
-    names = config.get("architectures") or ["RobertaModel"]
-    task = TASK_OF_ARCHITECTURE.get(names[0])
-    if task is None:
+    name = (architectures(name_or_path) or ["RobertaModel"])[0]
+    if name not in TASK_OF_ARCHITECTURE:
         raise ValueError(
-            f"{name_or_path} holds a {names[0]}, which has no task here; pass --task, one of {', '.join(TASKS)}"
+            f"{name_or_path} holds a {name}, which has no task here; pass --task, one of {', '.join(TASKS)}"
         )
-    return task
+    return TASK_OF_ARCHITECTURE[name]
 
 
 # ---- dynamic batching --------------------------------------------------------------------------

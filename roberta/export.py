@@ -1,0 +1,139 @@
+"""ONNX export: a checkpoint as one ONNX graph, for onnxruntime or any other ONNX runtime.
+
+    roberta export-onnx --model runs/sst2/best --out sst2-onnx
+    # sst2-onnx/model.onnx, config.json and the tokenizer files
+
+    export_onnx(RobertaForSequenceClassification.from_pretrained("runs/sst2/best"), "model.onnx")
+
+The graph takes `input_ids` and `attention_mask` (int64, (batch, length), 1 = real token; both
+dimensions free, the length up to the model's maximum) and returns what the model class returns:
+`last_hidden_state` (RobertaModel), `logits` (masked LM; sequence classification, (batch,
+num_labels); token classification) or `start_logits` and `end_logits` (question answering).
+
+torch's exporter (`torch.onnx.export(dynamo=True)`; it needs the `onnx` and `onnxscript`
+packages: `pip install -e ".[onnx]"`) traces the encoder's plain padded path: the unpadding of
+fast.py sizes its work from the mask's values, which a graph of fixed shapes cannot. The model
+switches to that path by itself while it is being exported (`torch.compiler.is_exporting()`).
+`max_difference` runs the file in onnxruntime against the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from roberta.atomic import atomic_file
+from roberta.heads import (
+    RobertaForMaskedLM,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+)
+from roberta.model import RobertaModel
+
+INPUTS = ("input_ids", "attention_mask")
+# The graph's outputs for each model class: fields of what its forward returns.
+OUTPUTS: dict[type[nn.Module], tuple[str, ...]] = {
+    RobertaModel: ("last_hidden_state",),
+    RobertaForMaskedLM: ("logits",),
+    RobertaForSequenceClassification: ("logits",),
+    RobertaForTokenClassification: ("logits",),
+    RobertaForQuestionAnswering: ("start_logits", "end_logits"),
+}
+
+
+class _Graph(nn.Module):
+    """(input_ids, attention_mask) -> the model's outputs as a tuple of tensors: what export takes."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return tuple(getattr(out, name) for name in OUTPUTS[type(self.model)])
+
+
+def example_inputs(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (2, 8) batch whose second row is padded: what the exporter traces with."""
+    config = model.config
+    ids = torch.randint(config.pad_token_id + 1, config.vocab_size, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    ids[1, 5:], mask[1, 5:] = config.pad_token_id, 0
+    return ids, mask
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write `model` (one of OUTPUTS' classes) to `path` as an ONNX graph, in fp32, atomically.
+
+    The model itself is left as it was (a CPU fp32 copy in eval mode is exported). Returns the path.
+    """
+    if type(model) not in OUTPUTS:
+        names = ", ".join(cls.__name__ for cls in OUTPUTS)
+        raise TypeError(f"ONNX export takes one of {names}; got {type(model).__name__}")
+    try:
+        import onnxscript  # noqa: F401  (torch's exporter needs it; say so before it fails deep inside)
+    except ImportError:
+        raise ImportError(
+            'ONNX export needs the onnx and onnxscript packages: pip install -e ".[onnx]"'
+        ) from None
+    graph = _Graph(copy.deepcopy(model).float().cpu()).eval()
+    batch = torch.export.Dim("batch")
+    length = torch.export.Dim("length", max=model.config.max_length)
+    shapes = {name: {0: batch, 1: length} for name in INPUTS}
+    path = Path(path)
+    with atomic_file(path) as tmp, torch.no_grad(), _quiet_exporter():
+        torch.onnx.export(
+            graph,
+            example_inputs(model),
+            str(tmp),
+            input_names=list(INPUTS),
+            output_names=list(OUTPUTS[type(model)]),
+            dynamic_shapes=shapes,
+            dynamo=True,
+            external_data=False,  # one file (up to 2 GB: roberta-large is 1.4 GB)
+            verbose=False,
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's chatter (its warnings about torch internals and missing torchvision)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def max_difference(
+    path: str | os.PathLike, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> float:
+    """The largest absolute difference between onnxruntime running `path` and `model` in PyTorch,
+    over every output, at every position whose token is real (padding positions are free)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+    with torch.no_grad():
+        want = _Graph(copy.deepcopy(model).float().cpu()).eval()(input_ids, attention_mask)
+    real = attention_mask.bool()
+    worst = 0.0
+    for g, w in zip(got, want):
+        diff = (torch.from_numpy(g) - w).abs()
+        if diff.dim() >= 2 and diff.shape[:2] == real.shape:  # per-token outputs: real tokens only
+            diff = diff[real]
+        worst = max(worst, float(diff.max()))
+    return worst
