@@ -50,6 +50,14 @@ KEY_MAP: list[tuple[str, str | tuple[str, ...]]] = [
     ("encoder.layers.{i}.ffn.fc2", "encoder.layer.{i}.output.dense"),
     ("encoder.layers.{i}.norm2", "encoder.layer.{i}.output.LayerNorm"),
     ("pooler.dense", "pooler.dense"),
+    # a decoder layer's cross-attention (seq2seq.py), where HF's RobertaForCausalLM has it
+    ("encoder.layers.{i}.cross.q", "encoder.layer.{i}.crossattention.self.query"),
+    (
+        "encoder.layers.{i}.cross.kv",
+        ("encoder.layer.{i}.crossattention.self.key", "encoder.layer.{i}.crossattention.self.value"),
+    ),
+    ("encoder.layers.{i}.cross.out", "encoder.layer.{i}.crossattention.output.dense"),
+    ("encoder.layers.{i}.norm_cross", "encoder.layer.{i}.crossattention.output.LayerNorm"),
 ]
 # HF keys that hold no weights (buffers some versions saved); dropped silently on load.
 IGNORED_HF_KEYS = re.compile(r"(^|\.)(position_ids|token_type_ids)$")
