@@ -234,7 +234,7 @@ def _table_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_finetune(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a model: classify, ner, qa (and split-squad)")
+    p = sub.add_parser("finetune", help="fine-tune a model: classify, ner, qa, translate (and split-squad)")
     fsub = p.add_subparsers(dest="finetune_command", required=True, metavar="TASK")
     tasks = {
         "classify": "label texts: TSV/CSV/JSONL with a text and a label column",
@@ -253,6 +253,16 @@ def add_finetune(sub) -> None:
             t.add_argument("--stride", type=int, help="window overlap in tokens (default max_length/8)")
         _finetune_train_args(t)
         t.set_defaults(func=run_finetune)
+    t = fsub.add_parser("translate", help="translation: line-aligned source and target text files")
+    t.add_argument("--train", required=True, nargs=2, metavar=("SOURCE", "TARGET"), help="training files")
+    t.add_argument("--dev", required=True, nargs=2, metavar=("SOURCE", "TARGET"), help="files scored by BLEU")
+    _model_arg(t)
+    t.add_argument("--out", required=True, help="run folder: best/, last/, metrics.jsonl, metrics.png")
+    t.add_argument(
+        "--num-beams", type=int, default=1, help="beams for the dev translations (default 1: greedy)"
+    )
+    _finetune_train_args(t)
+    t.set_defaults(func=run_finetune)
     s = fsub.add_parser("split-squad", help="split a SQuAD file by article into train and dev files")
     s.add_argument("squad", metavar="FILE", help="SQuAD v1.1 JSON")
     s.add_argument("--fraction", type=float, default=0.8, help="share of articles (first ones) for train")
@@ -305,6 +315,10 @@ def run_finetune(args) -> None:
         )  # fmt: skip
     elif args.finetune_command == "ner":
         result = finetune.finetune_ner(args.train, args.dev, args.model, cfg, **common)
+    elif args.finetune_command == "translate":
+        result = finetune.finetune_translation(
+            args.train, args.dev, args.model, cfg, num_beams=args.num_beams, **common
+        )
     else:
         result = finetune.finetune_qa(args.train, args.dev, args.model, cfg, stride=args.stride, **common)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
@@ -336,21 +350,40 @@ def add_evaluate_tasks(esub) -> None:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=run_evaluate_task)
+    p = esub.add_parser("translate", help="BLEU and chrF on line-aligned source and target files")
+    p.add_argument("--model", required=True, help="an encoder-decoder checkpoint folder (e.g. OUT/best)")
+    p.add_argument("--data", required=True, nargs=2, metavar=("SOURCE", "TARGET"), help="files to score")
+    p.add_argument("--num-beams", type=int, default=4, help="default 4")
+    p.add_argument("--output", metavar="FILE", help="also write the translations here, one per line")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_evaluate_task)
 
 
 def run_evaluate_task(args) -> None:
     from roberta import finetune
 
-    common = dict(max_length=args.max_length, batch_size=args.batch_size)
-    if args.evaluate_command == "classify":
+    if args.evaluate_command == "translate":
+        metrics = finetune.evaluate_translation(
+            args.model,
+            *args.data,
+            num_beams=args.num_beams,
+            batch_size=args.batch_size,
+            output_file=args.output,
+        )
+    elif args.evaluate_command == "classify":
         metrics = finetune.evaluate_classifier(
             args.model, args.data, text_column=args.text_column, label_column=args.label_column,
-            text_pair_column=args.text_pair_column, **common,
+            text_pair_column=args.text_pair_column, max_length=args.max_length, batch_size=args.batch_size,
         )  # fmt: skip
     elif args.evaluate_command == "ner":
-        metrics = finetune.evaluate_ner(args.model, args.data, **common)
+        metrics = finetune.evaluate_ner(
+            args.model, args.data, max_length=args.max_length, batch_size=args.batch_size
+        )
     else:
-        metrics = finetune.evaluate_qa(args.model, args.data, stride=args.stride, **common)
+        metrics = finetune.evaluate_qa(
+            args.model, args.data, stride=args.stride, max_length=args.max_length, batch_size=args.batch_size
+        )
     if args.json:
         print(json.dumps(metrics))
         return
@@ -420,7 +453,7 @@ def run_explain(args) -> None:
         print(explain.format_explanation(expl), end="")
 
 
-# ---- tasks: fill-mask, classify, ner, qa, embed ------------------------------------------------
+# ---- tasks: fill-mask, classify, ner, qa, embed, translate--------------------------------------------
 
 
 def _task_args(p: argparse.ArgumentParser, texts: bool = True) -> None:
@@ -657,6 +690,29 @@ def run_embed(args) -> None:
             print(f"  [{' '.join(f'{x:+.3f}' for x in v[:4])} …]  {_short(text)}")
 
 
+def add_translate(sub) -> None:
+    p = sub.add_parser(
+        "translate", help="translate texts (an encoder-decoder from `roberta finetune translate`)"
+    )
+    _task_args(p)
+    p.add_argument("--num-beams", type=int, default=4, help="beam width (default 4; 1: greedy)")
+    p.set_defaults(func=run_translate)
+
+
+def run_translate(args) -> None:
+    from roberta.predict import Translator
+
+    texts = _read_texts(args)
+    results = Translator.from_pretrained(args.model, **_predictor_args(args)).translate(
+        texts, num_beams=args.num_beams, batch_size=args.batch_size
+    )
+    for text, translation in zip(texts, results):
+        if args.json:
+            print(json.dumps({"text": text, "translation": translation}, ensure_ascii=False))
+        else:
+            print(f"{_short(text)}\n  -> {translation}")
+
+
 # ---- serve -------------------------------------------------------------------------------------
 
 
@@ -665,7 +721,7 @@ def add_serve(sub) -> None:
     _predictor_options(p)
     p.add_argument(
         "--task",
-        help="fill-mask, classify, ner, qa or embed (default: what the checkpoint was saved for)",
+        help="fill-mask, classify, ner, qa, embed or translate (default: what the checkpoint was saved for)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="default: 8000")
@@ -755,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ner(sub)
     add_qa(sub)
     add_embed(sub)
+    add_translate(sub)
     add_serve(sub)
     add_export_onnx(sub)
     # (other commands are added here, one add_<name>(sub) call each)

@@ -1,10 +1,11 @@
 """Fine-tuning: read a task's data, turn it into model inputs, train with `roberta.train`, evaluate.
 
-Three tasks, one shape each:
+Four tasks, one shape each:
 
     classification   TSV / CSV / JSONL rows, columns named by the caller  -> RobertaForSequenceClassification
     NER              CoNLL files (a token and its IOB2 tag per line)       -> RobertaForTokenClassification
     extractive QA    SQuAD v1.1 JSON                                       -> RobertaForQuestionAnswering
+    translation      two line-aligned text files (source, target)          -> EncoderDecoder (seq2seq.py)
 
     result = finetune_classifier("train.tsv", "dev.tsv", "roberta-small-books",
                                  TrainConfig(out_dir="runs/sst2", max_epochs=3, lr=1e-4),
@@ -40,7 +41,8 @@ from roberta.heads import (
     RobertaForTokenClassification,
 )
 from roberta.hub import MODEL_FILES, resolve
-from roberta.metrics import accuracy, entity_scores, macro_f1, squad_scores
+from roberta.metrics import accuracy, bleu, entity_scores, macro_f1, squad_scores
+from roberta.seq2seq import EncoderDecoder
 from roberta.tokenizer import Tokenizer
 from roberta.train import Batch, ShuffledBatches, TrainConfig, TrainResult, seed_everything, train
 
@@ -283,6 +285,37 @@ def _model_labels(model: nn.Module) -> dict[str, int]:
     return model.config.label2id
 
 
+# ---- reading: translation pairs --------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    source: str
+    target: str
+    line: int  # 1-based line number in both files
+
+
+def read_parallel(source_file: str | os.PathLike, target_file: str | os.PathLike) -> list[Pair]:
+    """Line-aligned text files (e.g. Multi30k's train.en and train.de): line i of the target file
+    translates line i of the source file. Lines blank in both files are skipped."""
+    sources = _read_text(Path(source_file)).splitlines()
+    targets = _read_text(Path(target_file)).splitlines()
+    if len(sources) != len(targets):
+        raise ValueError(
+            f"{source_file} has {len(sources)} lines but {target_file} has {len(targets)}; "
+            "the files must be line-aligned (line i of one translates line i of the other)"
+        )
+    pairs = []
+    for n, (src, tgt) in enumerate(zip(sources, targets), start=1):
+        if not src.strip() and not tgt.strip():
+            continue
+        if not src.strip() or not tgt.strip():
+            blank = source_file if not src.strip() else target_file
+            raise ValueError(f"line {n} is blank in {blank} but not in the other file; are they aligned?")
+        pairs.append(Pair(src.strip(), tgt.strip(), n))
+    return pairs
+
+
 # ---- features --------------------------------------------------------------------------------------
 
 
@@ -404,6 +437,30 @@ def answer_tokens(offsets: Sequence[tuple[int, int] | None], start_char: int, an
     return first, last
 
 
+def translation_features(tokenizer: Tokenizer, pairs: Sequence[Pair], max_length: int) -> list[Feature]:
+    """Per pair: the source ids `<s> x </s>`, the decoder's input `<s> y` and the labels `y </s>`
+    (the target shifted by one), each at most max_length tokens."""
+    sources = tokenizer([p.source for p in pairs], truncation=True, max_length=max_length)["input_ids"]
+    targets = tokenizer([p.target for p in pairs], truncation=True, max_length=max_length + 1)["input_ids"]
+    return [
+        {"input_ids": src, "decoder_input_ids": tgt[:-1], "labels": tgt[1:]}
+        for src, tgt in zip(sources, targets)
+    ]
+
+
+def seq2seq_batch(features: Sequence[Feature], pad_id: int) -> Batch:
+    """input_ids and attention_mask (B, S) as `pad_batch`; decoder_input_ids (B, T) padded with
+    pad_id and labels (B, T) with -100."""
+    batch = pad_batch([{"input_ids": f["input_ids"]} for f in features], pad_id)
+    T = max(len(f["labels"]) for f in features)
+    batch["decoder_input_ids"] = torch.full((len(features), T), pad_id, dtype=torch.long)  # (B, T)
+    batch["labels"] = torch.full((len(features), T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    for b, f in enumerate(features):
+        batch["decoder_input_ids"][b, : len(f["decoder_input_ids"])] = torch.tensor(f["decoder_input_ids"])
+        batch["labels"][b, : len(f["labels"])] = torch.tensor(f["labels"])
+    return batch
+
+
 def pad_batch(features: Sequence[Feature], pad_id: int) -> Batch:
     """Stack features into tensors padded to the longest: input_ids (B, T) padded with pad_id,
     attention_mask (B, T) with 1 = real token, list labels (B, T) padded with -100, scalars (B,)."""
@@ -515,6 +572,19 @@ def qa_scores(
     return squad_scores(predictions, {e.id: e.answers for e in examples})
 
 
+def translation_scores(
+    model: nn.Module, tokenizer: Tokenizer, pairs: Sequence[Pair], batch_size: int = 32, num_beams: int = 4
+) -> tuple[dict[str, float], list[str]]:
+    """BLEU and chrF of the model's translations of the sources against the targets; and the
+    translations, in order."""
+    from roberta.predict import Translator
+
+    hypotheses = Translator(model, tokenizer).translate(
+        [p.source for p in pairs], num_beams, batch_size=batch_size
+    )
+    return bleu(hypotheses, [p.target for p in pairs]), hypotheses
+
+
 # ---- fine-tuning runs ----------------------------------------------------------------------------------
 
 
@@ -526,13 +596,15 @@ def _train(
     eval_fn: Callable[[nn.Module], dict[str, float]],
     metric: str,
     resume: bool,
+    collate: Callable[[Sequence[Feature], int], Batch] = pad_batch,
 ) -> TrainResult:
-    """Train on shuffled, padded batches of features; checkpoints carry the tokenizer, and
-    out_dir/best is the checkpoint with the best `metric` on the dev set (unless cfg names another)."""
+    """Train on shuffled, padded batches of features (`collate(features, pad_id)`); checkpoints
+    carry the tokenizer, and out_dir/best is the checkpoint with the best `metric` on the dev set
+    (unless cfg names another)."""
     pad = tokenizer.pad_token_id
 
     def make_batch(items: list[int], epoch: int) -> Batch:
-        return pad_batch([features[i] for i in items], pad)
+        return collate([features[i] for i in items], pad)
 
     source = ShuffledBatches(len(features), cfg.batch_size, make_batch, seed=cfg.seed)
     if cfg.early_stopping_metric is None:
@@ -722,3 +794,61 @@ def evaluate_qa(
     examples = read_squad(data_file)
     length = _max_length(tokenizer, net.config, max_length)
     return qa_scores(net, tokenizer, examples, length, _qa_stride(length, stride), batch_size)
+
+
+def finetune_translation(
+    train_files: tuple[str | os.PathLike, str | os.PathLike],
+    dev_files: tuple[str | os.PathLike, str | os.PathLike],
+    model: str | os.PathLike,
+    cfg: TrainConfig,
+    *,
+    max_length: int | None = None,
+    num_beams: int = 1,
+    resume: bool = False,
+) -> TrainResult:
+    """Train a translation model on line-aligned (source, target) files.
+
+    model: a RoBERTa checkpoint (both stacks start from it: EncoderDecoder.from_encoder_pretrained)
+    or an encoder-decoder checkpoint (training continues). The dev pairs are translated with
+    num_beams beams (1: greedy, fast) at each evaluation and scored by BLEU, which picks best/.
+    """
+    train_pairs, dev_pairs = read_parallel(*train_files), read_parallel(*dev_files)
+    tokenizer = Tokenizer.from_pretrained(model)
+    seed_everything(cfg.seed)  # cross-attention's initial weights
+    if "EncoderDecoderModel" in architectures(model):
+        net = EncoderDecoder.from_pretrained(model).train()
+    else:
+        net = EncoderDecoder.from_encoder_pretrained(model)
+    length = _max_length(tokenizer, net.config.decoder, max_length)
+    features = translation_features(tokenizer, train_pairs, length)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        return translation_scores(m, tokenizer, dev_pairs, cfg.batch_size, num_beams)[0]
+
+    return _train(net, tokenizer, features, cfg, eval_fn, "bleu", resume, collate=seq2seq_batch)
+
+
+def evaluate_translation(
+    model: str | os.PathLike,
+    source_file: str | os.PathLike,
+    target_file: str | os.PathLike,
+    *,
+    num_beams: int = 4,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    output_file: str | os.PathLike | None = None,
+) -> dict[str, float]:
+    """BLEU and chrF of an encoder-decoder checkpoint on line-aligned files; the translations go
+    to output_file (one per line) if given."""
+    if "EncoderDecoderModel" not in architectures(model):
+        raise ValueError(
+            f"{model} is not an encoder-decoder checkpoint; evaluate the folder `roberta finetune translate` wrote"
+        )
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net = EncoderDecoder.from_pretrained(model, device=device)
+    scores, hypotheses = translation_scores(
+        net, Tokenizer.from_pretrained(model), read_parallel(source_file, target_file), batch_size, num_beams
+    )
+    if output_file is not None:
+        write_text_atomic(Path(output_file), "".join(h + "\n" for h in hypotheses))
+    return scores

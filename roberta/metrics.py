@@ -9,6 +9,8 @@
 - Extractive QA: `squad_scores`, the official SQuAD v1.1 evaluation: answers are normalised
   (lowercase, punctuation and the articles a/an/the removed, whitespace collapsed); exact match and
   token F1 take the best over the gold answers; both are reported in percent.
+- Translation: `bleu`, corpus BLEU and chrF from sacrebleu (the field's reference implementation,
+  with its default 13a tokenisation), in percent.
 """
 
 from __future__ import annotations
@@ -147,3 +149,19 @@ def squad_scores(predictions: Mapping[str, str], answers: Mapping[str, Sequence[
         em += max(exact_match(pred, g) for g in golds)
         f1 += max(token_f1(pred, g) for g in golds)
     return {"exact_match": 100 * em / len(answers), "f1": 100 * f1 / len(answers)}
+
+
+# ---- translation -----------------------------------------------------------------------------------
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (percent) of detokenised hypotheses against one reference each."""
+    _same_length(hypotheses, references)
+    try:
+        import sacrebleu
+    except ImportError:
+        raise ImportError('BLEU needs sacrebleu: pip install -e ".[translate]"') from None
+    return {
+        "bleu": sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score,
+        "chrf": sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score,
+    }

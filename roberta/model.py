@@ -245,7 +245,9 @@ class Encoder(nn.Module):
         """
         fast = not torch.compiler.is_exporting()  # a graph export takes the plain path: shapes from T
         if fast:
-            real = attention_mask.bool() if attention_mask is not None and has_padding(attention_mask) else None
+            real = (
+                attention_mask.bool() if attention_mask is not None and has_padding(attention_mask) else None
+            )
         else:
             real = attention_mask.bool() if attention_mask is not None else None
         packing = None if real is None or output_attentions or not fast else Packing.from_mask(real)

@@ -7,6 +7,7 @@ One small class per task, each holding a model and its tokenizer:
     Tagger.from_pretrained(path).tag("Angela Merkel visited Paris.")
     QuestionAnswerer.from_pretrained(path).answer("Who visited?", "Angela Merkel visited Paris.")
     Embedder.from_pretrained(path).embed(["a text", "another"])  # (2, C)
+    Translator.from_pretrained(path).translate("A man rides a bike.")  # an encoder-decoder
 
 Every method takes one text (and returns one result) or a list of texts (and returns a list), runs
 under `torch.inference_mode()` in batches of `batch_size` texts of similar length (optionally
@@ -38,6 +39,7 @@ from roberta.heads import (
 )
 from roberta.hub import MODEL_FILES, resolve
 from roberta.model import RobertaModel
+from roberta.seq2seq import EncoderDecoder
 from roberta.tokenizer import Tokenizer
 
 Texts = str | Sequence[str]
@@ -566,3 +568,31 @@ class Embedder(Predictor):
 
         vectors = torch.stack(self.run(batch["input_ids"], batch_size, pool))  # (N, C)
         return vectors[0] if single else vectors
+
+
+# ---- translation -------------------------------------------------------------------------------
+
+
+class Translator(Predictor):
+    """Text to text with an encoder-decoder (roberta/seq2seq.py), by beam search."""
+
+    model_class = EncoderDecoder
+
+    def translate(
+        self,
+        texts: Texts,
+        num_beams: int = 4,
+        max_new_tokens: int | None = None,
+        length_penalty: float = 1.0,
+        batch_size: int = 32,
+    ) -> str | list[str]:
+        """The translation of each text (see EncoderDecoder.generate for the search's arguments)."""
+        texts, single = as_text_list(texts)
+        batch = self.encode(texts)
+
+        def generate(ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+            out = self.model.generate(ids, mask, num_beams, max_new_tokens, length_penalty)
+            return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
+
+        results = self.run(batch["input_ids"], batch_size, generate)
+        return results[0] if single else results

@@ -79,12 +79,18 @@ class EncoderDecoderConfig:
     def vocab_size(self) -> int:
         return self.decoder.vocab_size
 
+    @property
+    def max_length(self) -> int:
+        """The longest source, in tokens (the encoder's position table)."""
+        return self.encoder.max_length
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EncoderDecoderConfig:
         if "encoder" not in d or "decoder" not in d:
             raise ValueError(
-                "this config.json is not an encoder-decoder's (no 'encoder' and 'decoder' entries); "
-                "start a translation model from an encoder with EncoderDecoder.from_encoder_pretrained"
+                "this checkpoint is not an encoder-decoder (its config.json has no 'encoder' and "
+                "'decoder' entries): train a translation model from it with `roberta finetune translate` "
+                "(in Python: EncoderDecoder.from_encoder_pretrained)"
             )
         tokens = ("decoder_start_token_id", "eos_token_id", "pad_token_id")
         skip = {
@@ -295,8 +301,9 @@ class EncoderDecoder(PretrainedModel):
         A hypothesis ends at `</s>`; its score is its summed log-probability divided by
         length**length_penalty (lengths count `</s>`). A source's search ends when it has
         num_beams ended hypotheses and no open beam can still beat the worst of them (at once, for
-        length_penalty 0; else when the best open beam is below it). max_new_tokens: default the
-        source's length x 2 + 10, at most the decoder's positions.
+        length_penalty 0; else when the best open beam is below it). max_new_tokens: default each
+        source's own length x 2 + 10 (so a result does not depend on its batchmates), at most the
+        decoder's positions.
         """
         if num_beams < 1:
             raise ValueError(f"num_beams must be at least 1, got {num_beams}")
@@ -312,9 +319,10 @@ class EncoderDecoder(PretrainedModel):
         B = input_ids.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if max_new_tokens is None:
-            max_new_tokens = int(attention_mask.sum(1).max()) * 2 + 10
-        max_new_tokens = min(max_new_tokens, cfg.decoder.max_length - 1)  # <s> takes a position
+        # each source's step limit: its own, so that its batchmates do not change its result
+        lengths = attention_mask.sum(1).tolist()
+        cap = cfg.decoder.max_length - 1  # <s> takes a position
+        limits = [min(cap, n * 2 + 10 if max_new_tokens is None else max_new_tokens) for n in lengths]
         memory_kv, memory_mask = self.encode(input_ids, attention_mask)
         # each source k times: rows b*k .. b*k+k-1 are source b's beams
         memory_kv = [(key.repeat_interleave(k, 0), value.repeat_interleave(k, 0)) for key, value in memory_kv]
@@ -329,7 +337,7 @@ class EncoderDecoder(PretrainedModel):
         def normalised(score: float, length: int) -> float:
             return score / length**length_penalty
 
-        for step in range(max_new_tokens):
+        for step in range(max(limits)):
             h, past = self.decoder(tokens[:, -1:], memory_kv, memory_mask, past)  # h (B * k, 1, C)
             logprobs = self.decoder.lm_head(h[:, -1]).float().log_softmax(-1)  # (B * k, V)
             V = logprobs.shape[-1]
@@ -352,6 +360,12 @@ class EncoderDecoder(PretrainedModel):
                     if n_open == k:
                         break
                 ended[b] = sorted(ended[b], key=lambda e: -e[0])[:k]
+                if step + 1 == limits[b]:  # out of steps: the open beams end here
+                    for j in range(n_open):
+                        hyp = tokens[b * k + next_beam[b, j], 1:].tolist() + [int(next_token[b, j])]
+                        ended[b].append((normalised(float(next_score[b, j]), step + 1), hyp))
+                    done[b] = True
+                    continue
                 # done when k have ended and the best open beam (its score only falls) cannot beat them
                 best_open = normalised(float(next_score[b, 0]), step + 1)
                 done[b] = len(ended[b]) == k and best_open <= ended[b][-1][0]
@@ -361,12 +375,6 @@ class EncoderDecoder(PretrainedModel):
             tokens = torch.cat([tokens[rows], next_token.flatten()[:, None].to(device)], dim=1)
             scores = next_score.to(device)
             past = [(key[rows], value[rows]) for key, value in past]
-        else:  # out of steps: the open beams end here
-            for b in range(B):
-                for j in range(k):
-                    if not done[b] and scores[b, j] > float("-inf"):
-                        hyp = tokens[b * k + j, 1:].tolist()
-                        ended[b].append((normalised(float(scores[b, j]), len(hyp)), hyp))
         return [max(e, key=lambda x: x[0])[1] if e else [] for e in ended]
 
     # ---- checkpoints -----------------------------------------------------------------------------

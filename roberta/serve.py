@@ -13,7 +13,7 @@ them all with one call of the task's predictor (`roberta/predict.py`), which sor
 length into forward passes. Results are the ones the Python API gives for each request alone
 (`tests/test_serve.py`), whatever else shared its batch.
 
-Endpoints: `POST /<task>` (the loaded model's task: fill-mask, classify, ner, qa or embed; bodies as
+Endpoints: `POST /<task>` (the loaded model's task: fill-mask, classify, ner, qa, embed or translate; bodies as
 the Python API's arguments, `inputs` a text or a list, `outputs` one result or a list), `GET /health`,
 `GET /info` (model, task, device, batching settings and counters: requests, batches, texts).
 Malformed bodies get 422 with what was wrong; input the task cannot take (a fill-mask text without
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roberta.checkpoint import architectures
-from roberta.predict import Classifier, Embedder, FillMask, Predictor, QuestionAnswerer, Tagger
+from roberta.predict import Classifier, Embedder, FillMask, Predictor, QuestionAnswerer, Tagger, Translator
 
 # The task a checkpoint is for, from the architecture its config.json names (a base or masked-LM
 # checkpoint fills masks; `--task embed` serves any checkpoint's encoder).
@@ -45,8 +45,9 @@ TASK_OF_ARCHITECTURE = {
     "RobertaForSequenceClassification": "classify",
     "RobertaForTokenClassification": "ner",
     "RobertaForQuestionAnswering": "qa",
+    "EncoderDecoderModel": "translate",
 }
-TASKS = ("fill-mask", "classify", "ner", "qa", "embed")
+TASKS = ("fill-mask", "classify", "ner", "qa", "embed", "translate")
 
 
 def task_of(name_or_path: str) -> str:
@@ -169,6 +170,8 @@ def task_runner(task: str, predictor: Predictor, batch_size: int) -> Callable[[l
         return answer
     if task == "embed":
         return lambda texts, p: predictor.embed(texts, batch_size=batch_size, **p).tolist()
+    if task == "translate":
+        return lambda texts, p: predictor.translate(texts, batch_size=batch_size, **p)
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
@@ -178,6 +181,7 @@ PREDICTORS: dict[str, type[Predictor]] = {
     "ner": Tagger,
     "qa": QuestionAnswerer,
     "embed": Embedder,
+    "translate": Translator,
 }
 
 
@@ -265,6 +269,17 @@ def build_app(
         async def embed(body: EmbedBody) -> JSONResponse:
             texts, single = texts_of(body.inputs)
             return await answer(texts, {"pooling": body.pooling, "normalize": body.normalize}, single)
+
+    elif task == "translate":
+
+        class TranslateBody(Body):
+            inputs: Texts = Field(description="the text(s) to translate")
+            num_beams: int = Field(4, ge=1, le=32, description="beam width (1: greedy)")
+
+        @app.post("/translate")
+        async def translate(body: TranslateBody) -> JSONResponse:
+            texts, single = texts_of(body.inputs)
+            return await answer(texts, {"num_beams": body.num_beams}, single)
 
     else:
 

@@ -15,6 +15,7 @@ import torch
 from roberta import cli
 from roberta.config import RobertaConfig
 from roberta.finetune import (
+    Pair,
     answer_tokens,
     evaluate_classifier,
     finetune_classifier,
@@ -25,9 +26,12 @@ from roberta.finetune import (
     pad_batch,
     qa_features,
     read_conll,
+    read_parallel,
     read_squad,
     read_table,
+    seq2seq_batch,
     split_squad,
+    translation_features,
 )
 from roberta.heads import RobertaForMaskedLM, RobertaForSequenceClassification
 from roberta.tokenizer import Tokenizer
@@ -196,6 +200,31 @@ def test_pad_batch_pads_inputs_and_labels():
     assert b["labels"].tolist() == [1]
 
 
+def test_read_parallel_pairs_lines_and_names_misalignment(tmp_path):
+    src = _write(tmp_path / "a.en", "A dog.\n\nTwo cats.\n")
+    tgt = _write(tmp_path / "a.de", "Ein Hund.\n\nZwei Katzen.\n")
+    assert read_parallel(src, tgt) == [Pair("A dog.", "Ein Hund.", 1), Pair("Two cats.", "Zwei Katzen.", 3)]
+    with pytest.raises(ValueError, match=r"a\.en has 3 lines but .*b\.de has 2; the files must be line-aligned"):
+        read_parallel(src, _write(tmp_path / "b.de", "Ein Hund.\nZwei Katzen.\n"))
+    with pytest.raises(ValueError, match=r"line 2 is blank in .*a\.en but not in the other file"):
+        read_parallel(src, _write(tmp_path / "c.de", "Ein Hund.\nEine Zeile.\nZwei Katzen.\n"))
+
+
+def test_translation_features_shift_the_target_by_one(tokenizer):
+    (f,) = translation_features(tokenizer, [Pair("A dog runs.", "Ein Hund läuft.", 1)], 64)
+    target = tokenizer("Ein Hund läuft.")["input_ids"]  # <s> ... </s>
+    assert f["input_ids"] == tokenizer("A dog runs.")["input_ids"]
+    assert f["decoder_input_ids"] == target[:-1] and f["labels"] == target[1:]  # read <s> y, predict y </s>
+    (long,) = translation_features(tokenizer, [Pair("word " * 50, "Wort " * 50, 1)], 16)
+    assert len(long["input_ids"]) == 16 and len(long["decoder_input_ids"]) == 16  # the decoder's positions
+    assert long["decoder_input_ids"][0] == 0 and long["labels"][-1] == 2
+    batch = seq2seq_batch([f, long], pad_id=1)
+    assert batch["input_ids"].shape == (2, 16) and batch["decoder_input_ids"].shape == (2, 16)
+    n = len(f["labels"])
+    assert batch["decoder_input_ids"][0, n:].eq(1).all() and batch["labels"][0, n:].eq(-100).all()
+    assert batch["attention_mask"][0].sum() == len(f["input_ids"])
+
+
 # ---- bad data: a clear error before training starts ----------------------------------------------
 
 
@@ -318,6 +347,44 @@ def test_finetune_and_evaluate_qa(tmp_path, tiny_model, squad, capsys):
         run_cli(["evaluate", "qa", "--model", str(out / "last"), "--data", str(squad[1]), "--json"], capsys)
     )
     assert shown == pytest.approx({"exact_match": last["eval_exact_match"], "f1": last["eval_f1"]})
+
+
+@pytest.fixture(scope="module")
+def multi30k(tmp_path_factory, data_dir) -> tuple[list[str], list[str]]:
+    """24 training and 8 dev pairs of Multi30k (English -> German): (train files, dev files)."""
+    folder = tmp_path_factory.mktemp("multi30k")
+    files = {}
+    for split, n in (("train", 24), ("val", 8)):
+        for lang in ("en", "de"):
+            lines = (data_dir / "multi30k" / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[:n]
+            files[split, lang] = str(_write(folder / f"{split}.{lang}", "\n".join(lines) + "\n"))
+    return [files["train", "en"], files["train", "de"]], [files["val", "en"], files["val", "de"]]
+
+
+def test_finetune_evaluate_and_use_translate(tmp_path, tiny_model, multi30k, capsys):
+    out, (train, dev) = tmp_path / "run", multi30k
+    run_cli(["finetune", "translate", "--train", *train, "--dev", *dev, "--model", str(tiny_model),
+             "--out", str(out), "--epochs", "1", "--batch-size", "8", "--no-progress"], capsys)  # fmt: skip
+    last = _check_run(out, "bleu")
+    assert json.loads((out / "last" / "config.json").read_text())["architectures"] == ["EncoderDecoderModel"]
+    hypotheses = tmp_path / "hyp.de"
+    shown = json.loads(run_cli(["evaluate", "translate", "--model", str(out / "last"), "--data", *dev,
+                                "--num-beams", "1", "--output", str(hypotheses), "--json"], capsys))  # fmt: skip
+    assert shown == pytest.approx(
+        {"bleu": last["eval_bleu"], "chrf": last["eval_chrf"]}
+    )  # the same greedy search
+    assert len(hypotheses.read_text(encoding="utf-8").splitlines()) == 8
+    line = json.loads(run_cli(["translate", "A dog runs.", "--model", str(out / "last"), "--json"], capsys))
+    assert line["text"] == "A dog runs." and isinstance(line["translation"], str)
+    # an encoder-decoder checkpoint continues training as it is
+    run_cli(["finetune", "translate", "--train", *train, "--dev", *dev, "--model", str(out / "last"),
+             "--out", str(tmp_path / "more"), "--max-steps", "1", "--batch-size", "8", "--no-progress"], capsys)  # fmt: skip
+    _check_run(tmp_path / "more", "bleu")
+
+
+def test_translate_with_a_model_that_is_not_a_translator(tiny_model, capsys):
+    assert cli.main(["translate", "A dog.", "--model", str(tiny_model)]) == 2
+    assert "is not an encoder-decoder" in capsys.readouterr().err
 
 
 def test_split_squad_command(tmp_path, squad, capsys):

@@ -30,7 +30,8 @@ from roberta.heads import (  # noqa: E402
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
 )
-from roberta.predict import Classifier, Embedder, FillMask, QuestionAnswerer, Tagger  # noqa: E402
+from roberta.predict import Classifier, Embedder, FillMask, QuestionAnswerer, Tagger, Translator  # noqa: E402
+from roberta.seq2seq import EncoderDecoder  # noqa: E402
 from roberta.serve import Batcher, build_app, task_of  # noqa: E402
 from roberta.tokenizer import Tokenizer  # noqa: E402
 
@@ -138,10 +139,23 @@ def checkpoints(tmp_path_factory, data_dir):
         cls(RobertaConfig(**TINY, **overrides)).save_pretrained(root / task)
         tokenizer.save_pretrained(root / task)
         folders[task] = root / task
+    # a translation model, both stacks from the masked LM (max_position_embeddings 34: short outputs)
+    torch.manual_seed(0)
+    RobertaForMaskedLM(RobertaConfig(**TINY, max_position_embeddings=34)).save_pretrained(root / "mlm-short")
+    EncoderDecoder.from_encoder_pretrained(root / "mlm-short").save_pretrained(root / "translate")
+    tokenizer.save_pretrained(root / "translate")
+    folders["translate"] = root / "translate"
     return folders
 
 
-PREDICTOR = {"fill-mask": FillMask, "classify": Classifier, "ner": Tagger, "qa": QuestionAnswerer}
+PREDICTOR = {
+    "fill-mask": FillMask,
+    "classify": Classifier,
+    "ner": Tagger,
+    "qa": QuestionAnswerer,
+    "embed": Embedder,
+    "translate": Translator,
+}
 
 
 def requests_for(task: str) -> list[dict]:
@@ -157,6 +171,8 @@ def requests_for(task: str) -> list[dict]:
     if task == "embed":
         bodies[2]["pooling"] = "cls"
         bodies[3]["normalize"] = False
+    if task == "translate":
+        bodies[1]["num_beams"] = 2
     return bodies
 
 
@@ -171,6 +187,8 @@ def python_api(predictor, task: str, body: dict):
         return predictor.tag(body["inputs"])
     if task == "qa":
         return predictor.answer(body["question"], body["context"], **options)
+    if task == "translate":
+        return predictor.translate(body["inputs"], **options)
     return predictor.embed(body["inputs"], **options).tolist()
 
 
@@ -193,10 +211,10 @@ async def post_all(app, path: str, bodies: list[dict]) -> list:
     return replies, info
 
 
-@pytest.mark.parametrize("task", ["fill-mask", "classify", "ner", "qa", "embed"])
+@pytest.mark.parametrize("task", ["fill-mask", "classify", "ner", "qa", "embed", "translate"])
 def test_concurrent_requests_are_batched_and_answered_as_the_python_api(checkpoints, task):
     folder = checkpoints["fill-mask" if task == "embed" else task]
-    predictor = (Embedder if task == "embed" else PREDICTOR[task]).from_pretrained(folder, device="cpu")
+    predictor = PREDICTOR[task].from_pretrained(folder, device="cpu")
     app = build_app(predictor, task, str(folder), batch_size=32, max_wait_ms=200)
     bodies = requests_for(task)
     replies, info = asyncio.run(post_all(app, f"/{task}", bodies))
@@ -289,8 +307,8 @@ def test_roberta_serve_answers_over_http(checkpoints):
 
 
 def test_serve_with_an_unknown_task_is_one_clear_line(checkpoints, capsys):
-    assert main(["serve", "--model", str(checkpoints["classify"]), "--task", "translate"]) == 2
+    assert main(["serve", "--model", str(checkpoints["classify"]), "--task", "summarize"]) == 2
     assert (
-        "unknown task 'translate'; choose one of fill-mask, classify, ner, qa, embed"
+        "unknown task 'summarize'; choose one of fill-mask, classify, ner, qa, embed, translate"
         in capsys.readouterr().err
     )
