@@ -85,6 +85,8 @@ def hf_names(body_key: str) -> tuple[str, ...]:
 class PretrainedModel(nn.Module):
     """Base class: HF-layout checkpoints and weight initialisation for every model here."""
 
+    config_class: ClassVar[type] = RobertaConfig  # what config.json is read as
+    hf_architecture: ClassVar[str | None] = None  # the class name config.json names; None: ours
     base_model_prefix: ClassVar[str] = ""
     tied_weights: ClassVar[dict[str, str]] = {}
     key_aliases: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -139,7 +141,7 @@ class PretrainedModel(nn.Module):
         """Write config.json, naming this class in `architectures` (what transformers instantiates)."""
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
-        architectures = {"architectures": [type(self).__name__]}
+        architectures = {"architectures": [self.hf_architecture or type(self).__name__]}
         dataclasses.replace(self.config, extra={**self.config.extra, **architectures}).save_json(
             folder / "config.json"
         )
@@ -162,7 +164,7 @@ class PretrainedModel(nn.Module):
         Returns the model in eval mode.
         """
         folder = resolve(name_or_path, MODEL_FILES)
-        config = RobertaConfig.from_json_file(folder / "config.json")
+        config = cls.config_class.from_json_file(folder / "config.json")
         if config_overrides:
             config = dataclasses.replace(config, **config_overrides)
         model = cls(config)

@@ -23,7 +23,6 @@ checkpoint.KEY_MAP like the encoder's.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -35,10 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from roberta.atomic import write_text_atomic
-from roberta.checkpoint import PretrainedModel, hf_names, read_weights
+from roberta.checkpoint import PretrainedModel, hf_names
 from roberta.config import RobertaConfig
 from roberta.heads import IGNORE_INDEX, MaskedLMHead, RobertaForMaskedLM, TaskOutput
-from roberta.hub import MODEL_FILES, resolve
 from roberta.model import Embeddings, FeedForward, RobertaModel, SelfAttention, position_ids_from_input_ids
 
 KeyValue = tuple[torch.Tensor, torch.Tensor]  # keys and values, each (B, nh, S, hs)
@@ -228,6 +226,8 @@ class Decoder(nn.Module):
 class EncoderDecoder(PretrainedModel):
     """A RoBERTa encoder and a RoBERTa decoder with cross-attention: sequence to sequence."""
 
+    config_class = EncoderDecoderConfig
+    hf_architecture = "EncoderDecoderModel"  # what transformers instantiates from config.json
     tied_weights = {"decoder.lm_head.decoder.weight": "decoder.embeddings.word.weight"}
     key_aliases = {"decoder.lm_head.bias": ("decoder.lm_head.decoder.bias",)}
     config: EncoderDecoderConfig  # type: ignore[assignment]
@@ -392,29 +392,6 @@ class EncoderDecoder(PretrainedModel):
 
     def _hf_body_prefixes(self) -> tuple[str, ...]:
         return ("encoder.embeddings.", "encoder.encoder.", "decoder.roberta.")  # not the unused pooler
-
-    def save_config(self, save_directory: str | os.PathLike) -> Path:
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = dataclasses.replace(
-            self.config, extra={**self.config.extra, "architectures": ["EncoderDecoderModel"]}
-        )
-        config.save_json(folder / "config.json")
-        return folder
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike,
-        *,
-        dtype: torch.dtype | None = None,
-        device: str | torch.device | None = None,
-    ) -> EncoderDecoder:
-        """An encoder-decoder checkpoint (ours or transformers' EncoderDecoderModel), in eval mode."""
-        folder = resolve(name_or_path, MODEL_FILES)
-        model = cls(EncoderDecoderConfig.from_json_file(folder / "config.json"))
-        model.load_hf_state_dict(read_weights(folder), source=str(name_or_path))
-        return model.to(device=device, dtype=dtype).eval()
 
     @classmethod
     def from_encoder_pretrained(

@@ -204,7 +204,9 @@ def test_read_parallel_pairs_lines_and_names_misalignment(tmp_path):
     src = _write(tmp_path / "a.en", "A dog.\n\nTwo cats.\n")
     tgt = _write(tmp_path / "a.de", "Ein Hund.\n\nZwei Katzen.\n")
     assert read_parallel(src, tgt) == [Pair("A dog.", "Ein Hund.", 1), Pair("Two cats.", "Zwei Katzen.", 3)]
-    with pytest.raises(ValueError, match=r"a\.en has 3 lines but .*b\.de has 2; the files must be line-aligned"):
+    with pytest.raises(
+        ValueError, match=r"a\.en has 3 lines but .*b\.de has 2; the files must be line-aligned"
+    ):
         read_parallel(src, _write(tmp_path / "b.de", "Ein Hund.\nZwei Katzen.\n"))
     with pytest.raises(ValueError, match=r"line 2 is blank in .*a\.en but not in the other file"):
         read_parallel(src, _write(tmp_path / "c.de", "Ein Hund.\nEine Zeile.\nZwei Katzen.\n"))

@@ -30,9 +30,9 @@ from roberta.heads import (  # noqa: E402
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
 )
-from roberta.predict import Classifier, Embedder, FillMask, QuestionAnswerer, Tagger, Translator  # noqa: E402
+from roberta.predict import Classifier, FillMask, QuestionAnswerer  # noqa: E402
 from roberta.seq2seq import EncoderDecoder  # noqa: E402
-from roberta.serve import Batcher, build_app, task_of  # noqa: E402
+from roberta.serve import PREDICTORS, Batcher, build_app, task_of  # noqa: E402
 from roberta.tokenizer import Tokenizer  # noqa: E402
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -148,16 +148,6 @@ def checkpoints(tmp_path_factory, data_dir):
     return folders
 
 
-PREDICTOR = {
-    "fill-mask": FillMask,
-    "classify": Classifier,
-    "ner": Tagger,
-    "qa": QuestionAnswerer,
-    "embed": Embedder,
-    "translate": Translator,
-}
-
-
 def requests_for(task: str) -> list[dict]:
     """Bodies to send: single inputs and lists, with the task's options."""
     if task == "qa":
@@ -214,7 +204,7 @@ async def post_all(app, path: str, bodies: list[dict]) -> list:
 @pytest.mark.parametrize("task", ["fill-mask", "classify", "ner", "qa", "embed", "translate"])
 def test_concurrent_requests_are_batched_and_answered_as_the_python_api(checkpoints, task):
     folder = checkpoints["fill-mask" if task == "embed" else task]
-    predictor = PREDICTOR[task].from_pretrained(folder, device="cpu")
+    predictor = PREDICTORS[task].from_pretrained(folder, device="cpu")
     app = build_app(predictor, task, str(folder), batch_size=32, max_wait_ms=200)
     bodies = requests_for(task)
     replies, info = asyncio.run(post_all(app, f"/{task}", bodies))
