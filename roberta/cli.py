@@ -453,7 +453,7 @@ def run_explain(args) -> None:
         print(explain.format_explanation(expl), end="")
 
 
-# ---- tasks: fill-mask, classify, ner, qa, embed, translate--------------------------------------------
+# ---- tasks: fill-mask, classify, ner, qa, embed, translate -----------------------------------
 
 
 def _task_args(p: argparse.ArgumentParser, texts: bool = True) -> None:

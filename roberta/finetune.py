@@ -42,6 +42,7 @@ from roberta.heads import (
 )
 from roberta.hub import MODEL_FILES, resolve
 from roberta.metrics import accuracy, bleu, entity_scores, macro_f1, squad_scores
+from roberta.predict import Translator
 from roberta.seq2seq import EncoderDecoder
 from roberta.tokenizer import Tokenizer
 from roberta.train import Batch, ShuffledBatches, TrainConfig, TrainResult, seed_everything, train
@@ -577,8 +578,6 @@ def translation_scores(
 ) -> tuple[dict[str, float], list[str]]:
     """BLEU and chrF of the model's translations of the sources against the targets; and the
     translations, in order."""
-    from roberta.predict import Translator
-
     hypotheses = Translator(model, tokenizer).translate(
         [p.source for p in pairs], num_beams, batch_size=batch_size
     )
