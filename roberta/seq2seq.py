@@ -247,9 +247,8 @@ class EncoderDecoder(PretrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         memory = self.encoder(input_ids, attention_mask).last_hidden_state  # (B, S, C)
-        return [layer.cross.keys_values(memory) for layer in self.decoder.layers], attention_mask.bool()[
-            :, None, None, :
-        ]
+        memory_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        return [layer.cross.keys_values(memory) for layer in self.decoder.layers], memory_mask
 
     def forward(
         self,
@@ -408,7 +407,7 @@ class EncoderDecoder(PretrainedModel):
             pad_token_id=mlm.config.pad_token_id,
         )
         model = cls(config)
-        model.encoder.load_state_dict(mlm.roberta.state_dict(), strict=False)  # it has no pooler
+        model.encoder.load_state_dict(mlm.roberta.state_dict())
         model.decoder.embeddings.load_state_dict(mlm.roberta.embeddings.state_dict())
         for ours, theirs in zip(model.decoder.layers, mlm.roberta.encoder.layers):
             missing, unexpected = ours.load_state_dict(theirs.state_dict(), strict=False)
