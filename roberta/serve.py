@@ -4,7 +4,7 @@
     roberta serve --model runs/sst2/best            # a classifier: POST /classify
 
     curl -s localhost:8000/classify -H 'content-type: application/json' -d '{"inputs": "a gripping film"}'
-    # {"outputs": {"label": "positive", "score": 0.97, "scores": {...}}}
+    # {"outputs": {"label": "1", "score": 0.97, "scores": {"0": 0.03, "1": 0.97}}}   (SST-2's labels)
 
 Each request is a few texts; a forward pass is cheap per text only when it holds many. So requests
 are not run one by one: a single worker thread owns the model, takes the first waiting request,
@@ -13,9 +13,10 @@ them all with one call of the task's predictor (`roberta/predict.py`), which sor
 length into forward passes. Results are the ones the Python API gives for each request alone
 (`tests/test_serve.py`), whatever else shared its batch.
 
-Endpoints: `POST /<task>` (the loaded model's task: fill-mask, classify, ner, qa, embed or translate; bodies as
-the Python API's arguments, `inputs` a text or a list, `outputs` one result or a list), `GET /health`,
-`GET /info` (model, task, device, batching settings and counters: requests, batches, texts).
+Endpoints: `POST /<task>` (the loaded model's task: fill-mask, classify, ner, qa, embed or
+translate; bodies as the Python API's arguments, `inputs` a text or a list, `outputs` one result or
+a list), `GET /health`, `GET /info` (model, task, device, batching settings and counters:
+requests, batches, texts).
 Malformed bodies get 422 with what was wrong; input the task cannot take (a fill-mask text without
 `<mask>`) gets 400 with the predictor's message, and only that request fails, not its batchmates.
 
