@@ -759,25 +759,14 @@ def add_export_onnx(sub) -> None:
 
 
 def run_export_onnx(args) -> None:
-    from pathlib import Path
-
-    from roberta.checkpoint import architectures
-    from roberta.export import OUTPUTS, export_onnx, max_difference
+    from roberta.export import OUTPUTS, export_checkpoint, max_difference
     from roberta.predict import pad
 
-    name = (architectures(args.model) or ["RobertaModel"])[0]
-    classes = {cls.__name__: cls for cls in OUTPUTS}
-    if name not in classes:
-        raise ValueError(f"{args.model} holds a {name}; ONNX export takes one of {', '.join(classes)}")
-    tokenizer, model = _load_model(args.model, classes[name])
-    out = Path(args.out)
-    path = export_onnx(model, out / "model.onnx")
-    model.save_config(out)
-    tokenizer.save_pretrained(out)
+    path, model, tokenizer = export_checkpoint(args.model, args.out)
     print(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB), config.json and the tokenizer files")
     print(
-        f"  {name}: inputs input_ids, attention_mask (batch, length <= {model.config.max_length}); "
-        f"outputs {', '.join(OUTPUTS[classes[name]])}"
+        f"  {type(model).__name__}: inputs input_ids, attention_mask (batch, length <= {model.config.max_length}); "
+        f"outputs {', '.join(OUTPUTS[type(model)])}"
     )
     try:
         import onnxruntime  # noqa: F401
@@ -786,9 +775,8 @@ def run_export_onnx(args) -> None:
         return
     texts = ["The quick brown fox jumps over the lazy dog.", "Hello world"]
     ids, mask = pad(tokenizer(texts)["input_ids"], tokenizer.pad_token_id, "cpu")
-    print(
-        f"  onnxruntime vs PyTorch on {len(texts)} texts (one padded): max |diff| {max_difference(path, model, ids, mask):.1e}"
-    )
+    diff = max_difference(path, model, ids, mask)
+    print(f"  onnxruntime vs PyTorch on {len(texts)} texts (one padded): max |diff| {diff:.1e}")
 
 
 # ---- main --------------------------------------------------------------------------------------

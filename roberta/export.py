@@ -3,6 +3,7 @@
     roberta export-onnx --model runs/sst2/best --out sst2-onnx
     # sst2-onnx/model.onnx, config.json and the tokenizer files
 
+    export_checkpoint("runs/sst2/best", "sst2-onnx")   # the same in Python
     export_onnx(RobertaForSequenceClassification.from_pretrained("runs/sst2/best"), "model.onnx")
 
 The graph takes `input_ids` and `attention_mask` (int64, (batch, length), 1 = real token; both
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from roberta.atomic import atomic_file
+from roberta.checkpoint import architectures
 from roberta.heads import (
     RobertaForMaskedLM,
     RobertaForQuestionAnswering,
@@ -37,6 +39,7 @@ from roberta.heads import (
     RobertaForTokenClassification,
 )
 from roberta.model import RobertaModel
+from roberta.tokenizer import Tokenizer
 
 INPUTS = ("input_ids", "attention_mask")
 # The graph's outputs for each model class: fields of what its forward returns.
@@ -137,3 +140,20 @@ def max_difference(
             diff = diff[real]
         worst = max(worst, float(diff.max()))
     return worst
+
+
+def export_checkpoint(
+    name_or_path: str | os.PathLike, out_dir: str | os.PathLike
+) -> tuple[Path, nn.Module, Tokenizer]:
+    """Export a checkpoint as the class its config.json names: out_dir/model.onnx, config.json and
+    the tokenizer files. Returns (the .onnx path, the model, the tokenizer)."""
+    name = (architectures(name_or_path) or ["RobertaModel"])[0]
+    classes = {cls.__name__: cls for cls in OUTPUTS}
+    if name not in classes:
+        raise ValueError(f"{name_or_path} holds a {name}; ONNX export takes one of {', '.join(classes)}")
+    model, tokenizer = classes[name].from_pretrained(name_or_path), Tokenizer.from_pretrained(name_or_path)
+    out = Path(out_dir)
+    path = export_onnx(model, out / "model.onnx")
+    model.save_config(out)
+    tokenizer.save_pretrained(out)
+    return path, model, tokenizer
