@@ -37,7 +37,7 @@ from roberta.atomic import write_text_atomic
 from roberta.checkpoint import PretrainedModel, hf_names
 from roberta.config import RobertaConfig
 from roberta.heads import IGNORE_INDEX, MaskedLMHead, RobertaForMaskedLM, TaskOutput
-from roberta.model import Embeddings, FeedForward, RobertaModel, SelfAttention, position_ids_from_input_ids
+from roberta.model import Embeddings, EncoderLayer, RobertaModel, position_ids_from_input_ids
 
 KeyValue = tuple[torch.Tensor, torch.Tensor]  # keys and values, each (B, nh, S, hs)
 
@@ -157,18 +157,14 @@ class CrossAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, t, C))
 
 
-class DecoderLayer(nn.Module):
-    """Causal self-attention, cross-attention, feed-forward; each with a post-LN residual."""
+class DecoderLayer(EncoderLayer):
+    """An encoder layer (its self-attention used causally) plus cross-attention between
+    self-attention and the feed-forward network; each block with a post-LN residual."""
 
     def __init__(self, config: RobertaConfig):
-        super().__init__()
-        self.attn = SelfAttention(config)  # used causally here
-        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        super().__init__(config)
         self.cross = CrossAttention(config)
         self.norm_cross = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.ffn = FeedForward(config)
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
         self, x: torch.Tensor, memory_kv: KeyValue, memory_mask: torch.Tensor, past: KeyValue | None = None
