@@ -11,7 +11,8 @@ Workloads (fixed seeds; ids are random tokens between <s> ... </s>, right paddin
      its longest, as a user would. Metric: real (non-padding) tokens per second.
   B  inference, fixed shape: a batch of 8 x 128 real tokens. Metric: median ms per batch.
   C  fine-tuning step, sequence classification (2 labels): batches of 16 with A's lengths.
-     Metric: real tokens per second.
+     Metric: real tokens per second. (--quick: C and D for ours and transformers-sdpa only, and
+     no memory for onnxruntime and CTranslate2.)
   D  MLM pretraining step on packed 128-token blocks (8 per batch for base, 32 for small), 15% of
      positions masked. Ours uses sparse_logits=True (the LM head projects only the masked
      positions); transformers computes full logits, as it does. Metric: tokens per second.
@@ -26,9 +27,13 @@ Memory: one fresh worker process per engine runs A's longest batch, B, two C ste
 longest batch and two D steps, and reports its peaks: RSS on CPU (weights included, the transient of
 loading them excluded), max allocated on GPU. Accuracy: the largest difference of each engine's
 last hidden state from transformers-sdpa's on A's first batch, at real positions.
-On CPU the `ours-bf16` column is our model with bf16 weights (B only under --quick: without
-AVX512_BF16/AMX the CPU emulates bf16 and it is slow), and a line compares one fp32 GEMM the size
-of roberta-base's FFN through torch's default path and oneDNN with a prepacked weight.
+On CPU the `ours-bf16` column is our model with bf16 weights (not under --quick: without
+AVX512_BF16/AMX the CPU emulates bf16 and it is slow), and `ours-int8` our opt-in int8 inference
+(roberta/quantize.py); neither is fp32, so their max |diff| row says what they cost. Two lines
+at the end compare, on one thread, one GEMM the size of roberta-base's FFN (1024 x 768 @ 768 x
+3072) through torch's default fp32 path, oneDNN with a prepacked weight and int8 (torch._int_mm),
+and roberta-base's FFN block in fp32, in our int8, and in the int8 of torch's quantize_dynamic
+and of torchao (each when present).
 
     python benchmarks/speed.py --quick                    # < 5 minutes on 2 idle cores
     python benchmarks/speed.py --config base --json out.json
@@ -135,7 +140,7 @@ def load_torch(engine: str, kind: str, folder: Path, device: str, num_labels: in
             "mlm": RobertaForMaskedLM,
         }
         extra = {"num_labels": num_labels} if kind == "classifier" else {}
-        dtype = torch.bfloat16 if engine == "ours-bf16" else None
+        dtype = {"ours-bf16": torch.bfloat16, "ours-int8": torch.int8}.get(engine)
         return cls[kind].from_pretrained(folder, dtype=dtype, device=device, **extra)
     import transformers
 
@@ -193,7 +198,9 @@ def training_optimizer(engine: str, model: torch.nn.Module) -> torch.optim.Optim
         return build_optimizer(model, TrainConfig(out_dir="unused", lr=1e-5, max_steps=1))
     # transformers' TrainingArguments default, optim="adamw_torch_fused" (torch >= 2.8), decay 0.
     # (Its Trainer itself needs `accelerate`, which this benchmark does not install.)
-    return torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True)
+    return torch.optim.AdamW(
+        model.parameters(), lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True
+    )
 
 
 def onnxruntime_fn(folder: Path):
@@ -319,9 +326,8 @@ def measure_inference(engines: list[str], args, config: RobertaConfig, folder: P
         first = {e: fn(*a[0]).float().cpu() for e, fn in fns.items()}  # warm-up, and accuracy
         for fn in fns.values():
             fn(*b)
-        on_a = {e: fn for e, fn in fns.items() if not (e == "ours-bf16" and args.quick)}
         times = interleave(
-            {e: lambda i, fn=fn: fn(*a[i]) for e, fn in on_a.items()}, range(len(a)), args.device
+            {e: lambda i, fn=fn: fn(*a[i]) for e, fn in fns.items()}, range(len(a)), args.device
         )
         real = sum(int(m.sum()) for _, m in a)
         for e, t in times.items():
@@ -337,9 +343,14 @@ def measure_inference(engines: list[str], args, config: RobertaConfig, folder: P
     return res
 
 
+def trained_here(args) -> tuple[str, ...]:
+    """The engines C and D measure: all trainable ones; under --quick ours and transformers-sdpa."""
+    return ("ours", REFERENCE) if args.quick else TRAINABLE
+
+
 def measure_training(name: str, kind: str, data: list[dict], amount: float, args, folder: Path) -> dict:
     """C or D for the trainable engines: one warm-up step each, then the steps taking turns."""
-    steps = {e: trainer(e, kind, folder, args, data) for e in TRAINABLE}
+    steps = {e: trainer(e, kind, folder, args, data) for e in trained_here(args)}
     for step in steps.values():
         step(0)
     times = interleave(steps, range(1, len(data)), args.device)
@@ -414,7 +425,7 @@ def memory_worker(args) -> None:
         encode(*padded([128] * 8, config.vocab_size, seed=99))
     res["mem_inference"] = peak_memory_mib(args.device)
     del encode
-    if engine in TRAINABLE:  # two steps: the second one runs with the optimizer's state in place
+    if engine in trained_here(args):  # two steps: the second one runs with the optimizer's state in place
         c = max(c_data(config, args.quick), key=lambda x: x["input_ids"].numel())
         for key, kind, data in (
             ("mem_C", "classifier", [c, c]),
@@ -465,7 +476,7 @@ def engines_here(args) -> list[str]:
 
     names = list(TRAINABLE)
     if args.device == "cpu" and args.dtype == "fp32":
-        names.append("ours-bf16")
+        names += ["ours-int8"] if args.quick else ["ours-bf16", "ours-int8"]  # bf16 is slow where emulated
     if args.device == "cpu" and importlib.util.find_spec("onnxruntime"):
         names.append("onnxruntime")
     if importlib.util.find_spec("ctranslate2"):
@@ -474,26 +485,73 @@ def engines_here(args) -> list[str]:
 
 
 def gemm_gflops() -> dict[str, float]:
-    """One fp32 GEMM the size of roberta-base's FFN (1024 x 768 @ 768 x 3072) on one thread,
-    through torch's default path (MKL here) and oneDNN with a prepacked weight; best of 10,
-    thread CPU time (robust to a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """One GEMM the size of roberta-base's FFN (1024 x 768 @ 768 x 3072) on one thread: fp32
+    through torch's default path (MKL here) and oneDNN with a prepacked weight, and int8
+    (torch._int_mm, int32 sums: GOP/s); best of 10, thread CPU time (robust to a shared CPU)."""
     x, lin = torch.randn(1024, 768), torch.nn.Linear(768, 3072)
     packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight, 1024)
+    x8, w8 = (
+        torch.randint(-127, 128, (1024, 768), dtype=torch.int8),
+        torch.randint(-127, 128, (3072, 768), dtype=torch.int8),
+    )
     paths = {
-        "torch default": lambda: torch.nn.functional.linear(x, lin.weight, lin.bias),
-        "oneDNN prepacked": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, lin.bias, "none", [], ""),
-    }
+        "fp32 torch default": lambda: torch.nn.functional.linear(x, lin.weight, lin.bias),
+        "fp32 oneDNN prepacked": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, lin.bias, "none", [], ""),
+        "int8 torch._int_mm": lambda: torch._int_mm(x8, w8.t()),
+    }  # fmt: skip
+    return {name: 2 * 1024 * 768 * 3072 / t / 1e9 for name, t in best_thread_times(paths).items()}
+
+
+def int8_ffn_ms() -> dict[str, float]:
+    """roberta-base's FFN block (Linear 768->3072, GELU, Linear 3072->768) on 1024 tokens, one
+    thread, ms (best of 10, thread CPU time): fp32, ours int8, and torch's quantize_dynamic and
+    torchao's int8 dynamic-activation config when they import here."""
+    import copy
+    import warnings
+
+    from roberta.model import EncoderLayer
+    from roberta.quantize import quantize_int8
+
+    torch.manual_seed(0)
+    x, layer = torch.randn(1024, 768), EncoderLayer(preset("base")).eval()
+    ffn = layer.ffn
+    paths = {"fp32": ffn, "ours int8": quantize_int8(copy.deepcopy(layer)).ffn}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torch.ao.quantization import quantize_dynamic
+
+            paths["torch quantize_dynamic int8"] = quantize_dynamic(
+                copy.deepcopy(ffn), {torch.nn.Linear}, torch.qint8
+            )
+    except Exception:  # removed from newer torch
+        pass
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        ao = copy.deepcopy(ffn)
+        quantize_(ao, Int8DynamicActivationInt8WeightConfig())
+        paths["torchao int8"] = ao
+    except Exception:  # not installed
+        pass
+    with torch.inference_mode():
+        times = best_thread_times({name: lambda m=m: m(x) for name, m in paths.items()})
+    return {name: 1e3 * t for name, t in times.items()}
+
+
+def best_thread_times(paths: dict[str, Callable[[], object]], reps: int = 10) -> dict[str, float]:
+    """Each callable's best thread CPU time over `reps` turns, on one thread, under inference_mode."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     best = dict.fromkeys(paths, float("inf"))
     with torch.inference_mode():
-        for _ in range(10):
+        for _ in range(reps):
             for name, fn in paths.items():
                 start = time.thread_time()
                 fn()
                 best[name] = min(best[name], time.thread_time() - start)
     torch.set_num_threads(threads)
-    return {name: 2 * 1024 * 768 * 3072 / t / 1e9 for name, t in best.items()}
+    return best
 
 
 ROWS = [  # key, label, how the ratio column reads it
@@ -572,7 +630,8 @@ def main(argv=None) -> None:
         results = measure_speed(engines, args, config, folder)
         print(f"memory, one worker per engine ({time.perf_counter() - started:.0f} s so far)", flush=True)
         for e in results:
-            results[e].update(measure_memory(e, args, folder, Path(tmp) / f"{e}.json"))
+            if not (args.quick and e in ("onnxruntime", "ctranslate2")):  # their loading is slow
+                results[e].update(measure_memory(e, args, folder, Path(tmp) / f"{e}.json"))
     report = {
         "config": args.config, "device": args.device, "dtype": args.dtype, "quick": args.quick,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
@@ -581,6 +640,7 @@ def main(argv=None) -> None:
     }  # fmt: skip
     if args.device == "cpu":
         report["gemm_gflops_one_thread"] = gemm_gflops()
+        report["ffn_ms_one_thread"] = int8_ffn_ms()
     print(table(results))
     load = report["load_average"]
     print(
@@ -588,7 +648,9 @@ def main(argv=None) -> None:
     )
     if "gemm_gflops_one_thread" in report:
         gemm = ", ".join(f"{k} {v:.0f}" for k, v in report["gemm_gflops_one_thread"].items())
-        print(f"fp32 GEMM, one thread, GFLOP/s: {gemm}")
+        print(f"GEMM 1024x768 @ 768x3072, one thread, GFLOP/s (int8: GOP/s): {gemm}")
+        ffn = ", ".join(f"{k} {v:.1f}" for k, v in report["ffn_ms_one_thread"].items())
+        print(f"FFN block on 1024 tokens, one thread, ms: {ffn}")
     print(f"total {report['seconds']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -26,6 +26,7 @@ from torch import nn
 from roberta.atomic import atomic_file
 from roberta.config import RobertaConfig
 from roberta.hub import MODEL_FILES, resolve
+from roberta.quantize import Int8Linear, int8_device, set_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,11 @@ class PretrainedModel(nn.Module):
 
     def hf_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Our weights under HF's names (fused tensors split, tied copies left out)."""
+        if any(isinstance(m, Int8Linear) for m in self.modules()):
+            raise ValueError(
+                "an int8-quantized model has no checkpoint of its own: save the fp32 model, and load it "
+                "with dtype=torch.int8 (--dtype int8) where you run it"
+            )
         out = {}
         for key, t in self.state_dict().items():
             if key in self.tied_weights:
@@ -132,9 +138,10 @@ class PretrainedModel(nn.Module):
         """Write config.json + model.safetensors (HF layout), each file atomically."""
         from safetensors.torch import save_file
 
+        weights = self.hf_state_dict(dtype)
         folder = self.save_config(save_directory)
         with atomic_file(folder / "model.safetensors") as tmp:
-            save_file(self.hf_state_dict(dtype), tmp, metadata={"format": "pt"})
+            save_file(weights, tmp, metadata={"format": "pt"})
         return folder
 
     def save_config(self, save_directory: str | os.PathLike) -> Path:
@@ -161,19 +168,21 @@ class PretrainedModel(nn.Module):
         """Load a HF-layout checkpoint: a folder, a built-in model name, or a Hub id (online).
 
         `config_overrides` replace config fields, e.g. `num_labels=3` for a fresh classifier head.
+        dtype: e.g. torch.bfloat16; torch.int8 quantizes the Transformer layers for CPU inference
+        (roberta/quantize.py).
         Returns the model in eval mode.
         """
+        if dtype == torch.int8:
+            device = int8_device(device)
         folder = resolve(name_or_path, MODEL_FILES)
         config = cls.config_class.from_json_file(folder / "config.json")
         if config_overrides:
             config = dataclasses.replace(config, **config_overrides)
         model = cls(config)
         model.load_hf_state_dict(read_weights(folder), source=str(name_or_path))
-        if dtype is not None:
-            model.to(dtype)
         if device is not None:
             model.to(device)
-        return model.eval()
+        return set_dtype(model, dtype).eval()
 
     def load_hf_state_dict(self, hf: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
         """Copy HF-named tensors into this model; strict: one error names every problem."""

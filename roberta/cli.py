@@ -348,6 +348,7 @@ def add_evaluate_tasks(esub) -> None:
             p.add_argument("--stride", type=int, help="window overlap in tokens (default max_length/8)")
         p.add_argument("--max-length", type=int, help="tokens per input (default: what the model holds)")
         p.add_argument("--batch-size", type=int, default=32)
+        _eval_dtype_arg(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=run_evaluate_task)
     p = esub.add_parser("translate", help="BLEU and chrF on line-aligned source and target files")
@@ -356,34 +357,48 @@ def add_evaluate_tasks(esub) -> None:
     p.add_argument("--num-beams", type=int, default=4, help="default 4")
     p.add_argument("--output", metavar="FILE", help="also write the translations here, one per line")
     p.add_argument("--batch-size", type=int, default=32)
+    _eval_dtype_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_evaluate_task)
+
+
+def _eval_dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="int8: score the opt-in int8 CPU inference, to see what it costs (default: fp32)",
+    )
 
 
 def run_evaluate_task(args) -> None:
     from roberta import finetune
 
+    dtype = _dtype(args.dtype)
     if args.evaluate_command == "translate":
         metrics = finetune.evaluate_translation(
             args.model,
             *args.data,
             num_beams=args.num_beams,
             batch_size=args.batch_size,
+            dtype=dtype,
             output_file=args.output,
         )
     elif args.evaluate_command == "classify":
         metrics = finetune.evaluate_classifier(
             args.model, args.data, text_column=args.text_column, label_column=args.label_column,
             text_pair_column=args.text_pair_column, max_length=args.max_length, batch_size=args.batch_size,
+            dtype=dtype,
         )  # fmt: skip
     elif args.evaluate_command == "ner":
         metrics = finetune.evaluate_ner(
-            args.model, args.data, max_length=args.max_length, batch_size=args.batch_size
+            args.model, args.data, max_length=args.max_length, batch_size=args.batch_size, dtype=dtype
         )
     else:
         metrics = finetune.evaluate_qa(
-            args.model, args.data, stride=args.stride, max_length=args.max_length, batch_size=args.batch_size
-        )
+            args.model, args.data, stride=args.stride, max_length=args.max_length, batch_size=args.batch_size,
+            dtype=dtype,
+        )  # fmt: skip
     if args.json:
         print(json.dumps(metrics))
         return
@@ -474,16 +489,24 @@ def _predictor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     p.add_argument("--max-tokens", type=int, help="also at most this many tokens (padded) per forward pass")
     p.add_argument(
-        "--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: opt-in, fast on GPUs and AMX CPUs"
+        "--dtype",
+        choices=["fp32", "bf16", "int8"],
+        default="fp32",
+        help="opt-in, results differ from fp32: bf16 is fast on GPUs and AMX CPUs; int8 (CPU only) "
+        "on CPUs with AVX-512 VNNI or AMX",
     )
 
 
 def _predictor_args(args) -> dict:
     """The keyword arguments of Predictor.from_pretrained that _task_args' options set."""
+    return dict(device=args.device, max_tokens=args.max_tokens, dtype=_dtype(args.dtype))
+
+
+def _dtype(name: str):
+    """--dtype's torch dtype; None for fp32 (the default: the model as saved)."""
     import torch
 
-    dtype = torch.bfloat16 if args.dtype == "bf16" else None
-    return dict(device=args.device, max_tokens=args.max_tokens, dtype=dtype)
+    return {"fp32": None, "bf16": torch.bfloat16, "int8": torch.int8}[name]
 
 
 def _jsonl_rows(path: str) -> list[tuple[int, dict]]:

@@ -43,6 +43,7 @@ from roberta.heads import (
 from roberta.hub import MODEL_FILES, resolve
 from roberta.metrics import accuracy, bleu, entity_scores, macro_f1, squad_scores
 from roberta.predict import Translator
+from roberta.quantize import int8_device
 from roberta.seq2seq import EncoderDecoder
 from roberta.tokenizer import Tokenizer
 from roberta.train import Batch, ShuffledBatches, TrainConfig, TrainResult, seed_everything, train
@@ -726,7 +727,9 @@ def finetune_qa(
 # ---- evaluating a fine-tuned model ---------------------------------------------------------------------
 
 
-def _load_finetuned(model: str | os.PathLike, cls, device: str | torch.device | None):
+def _load_finetuned(
+    model: str | os.PathLike, cls, device: str | torch.device | None, dtype: torch.dtype | None
+):
     """The tokenizer and `cls` model of a fine-tuned checkpoint; ValueError if it has no such head."""
     found = architectures(model)
     if cls.__name__ not in found:
@@ -734,8 +737,21 @@ def _load_finetuned(model: str | os.PathLike, cls, device: str | torch.device | 
             f"{model} is not a {cls.__name__} checkpoint (its config.json names {found or 'no architecture'}); "
             "evaluate the folder `roberta finetune` wrote (OUT/best or OUT/last)"
         )
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return Tokenizer.from_pretrained(model), cls.from_pretrained(model, device=device)
+    return Tokenizer.from_pretrained(model), cls.from_pretrained(
+        model, device=_eval_device(device, dtype), dtype=dtype
+    )
+
+
+def _eval_device(device: str | torch.device | None, dtype: torch.dtype | None) -> str | torch.device:
+    """The device to evaluate on: the one asked for, else the GPU if there is one, else the CPU.
+
+    dtype: None (fp32) or torch.int8, to measure what the opt-in int8 inference does to a score
+    (on the CPU)."""
+    if dtype not in (None, torch.float32, torch.int8):
+        raise ValueError(f"evaluation runs in fp32 or int8, not {dtype}")
+    if dtype == torch.int8:
+        return int8_device(device)
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def evaluate_classifier(
@@ -748,9 +764,10 @@ def evaluate_classifier(
     max_length: int | None = None,
     batch_size: int = 32,
     device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Accuracy and macro-F1 of a fine-tuned classifier on a labelled table."""
-    tokenizer, net = _load_finetuned(model, RobertaForSequenceClassification, device)
+    tokenizer, net = _load_finetuned(model, RobertaForSequenceClassification, device, dtype)
     rows = read_table(data_file, text_column, label_column, text_pair_column)
     label2id = _model_labels(net)
     check_labels(((e.label, e.line) for e in rows), label2id, data_file)
@@ -767,9 +784,10 @@ def evaluate_ner(
     max_length: int | None = None,
     batch_size: int = 32,
     device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Entity precision, recall and F1 of a fine-tuned tagger on a CoNLL file."""
-    tokenizer, net = _load_finetuned(model, RobertaForTokenClassification, device)
+    tokenizer, net = _load_finetuned(model, RobertaForTokenClassification, device, dtype)
     sentences = read_conll(data_file)
     _check_iob2(sentences, data_file)
     label2id = _model_labels(net)
@@ -787,9 +805,10 @@ def evaluate_qa(
     stride: int | None = None,
     batch_size: int = 32,
     device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """SQuAD exact match and F1 (percent) of a fine-tuned QA model on a SQuAD v1.1 file."""
-    tokenizer, net = _load_finetuned(model, RobertaForQuestionAnswering, device)
+    tokenizer, net = _load_finetuned(model, RobertaForQuestionAnswering, device, dtype)
     examples = read_squad(data_file)
     length = _max_length(tokenizer, net.config, max_length)
     return qa_scores(net, tokenizer, examples, length, _qa_stride(length, stride), batch_size)
@@ -835,6 +854,7 @@ def evaluate_translation(
     num_beams: int = 4,
     batch_size: int = 32,
     device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
     output_file: str | os.PathLike | None = None,
 ) -> dict[str, float]:
     """BLEU and chrF of an encoder-decoder checkpoint on line-aligned files; the translations go
@@ -843,8 +863,7 @@ def evaluate_translation(
         raise ValueError(
             f"{model} is not an encoder-decoder checkpoint; evaluate the folder `roberta finetune translate` wrote"
         )
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    net = EncoderDecoder.from_pretrained(model, device=device)
+    net = EncoderDecoder.from_pretrained(model, device=_eval_device(device, dtype), dtype=dtype)
     scores, hypotheses = translation_scores(
         net, Tokenizer.from_pretrained(model), read_parallel(source_file, target_file), batch_size, num_beams
     )

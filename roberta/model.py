@@ -117,6 +117,12 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
         return q, k, v
 
+    def project(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Output features start:stop of the fused projection only (Q: 0:C; K and V: C:3C)."""
+        if isinstance(self.qkv, nn.Linear):
+            return F.linear(x, self.qkv.weight[start:stop], self.qkv.bias[start:stop])
+        return self.qkv.rows(start, stop)(x)  # an int8 projection (roberta/quantize.py)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -130,9 +136,9 @@ class SelfAttention(nn.Module):
         Returns x's shape."""
         dropout_p = self.dropout_p if self.training else 0.0
         if subset is not None:  # queries at the subset rows only; keys and values at every row
-            C, w, b = x.shape[-1], self.qkv.weight, self.qkv.bias
-            q = F.linear(x.index_select(0, subset.indices), w[:C], b[:C]).view(-1, self.n_head, self.head_dim)
-            kv = F.linear(x, w[C:], b[C:]).view(-1, 2, self.n_head, self.head_dim)  # (N, 2, nh, hs)
+            C = x.shape[-1]
+            q = self.project(x.index_select(0, subset.indices), 0, C).view(-1, self.n_head, self.head_dim)
+            kv = self.project(x, C, 3 * C).view(-1, 2, self.n_head, self.head_dim)  # (N, 2, nh, hs)
             return self.out(subset_attention(q, kv, mask, subset, dropout_p)), None  # (M, C)
         if isinstance(mask, Packing):
             qkv = self.qkv(x).view(-1, 3, self.n_head, self.head_dim)  # (N, 3, nh, hs)

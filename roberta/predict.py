@@ -39,6 +39,7 @@ from roberta.heads import (
 )
 from roberta.hub import MODEL_FILES, resolve
 from roberta.model import RobertaModel
+from roberta.quantize import int8_device, set_dtype
 from roberta.seq2seq import EncoderDecoder
 from roberta.tokenizer import Tokenizer
 
@@ -133,12 +134,14 @@ class Predictor:
         max_tokens: the token budget per forward pass (see the class).
         dtype: e.g. torch.bfloat16 to run in bf16 (opt-in: fast on GPUs and on CPUs with AMX or
             AVX512-BF16, emulated and slow on others; results differ from fp32 by ~1e-2 relative).
-            Scores and vectors are returned in fp32 either way. Default: fp32.
+            torch.int8: the Transformer layers' matmuls in int8 on the CPU (opt-in: fast on CPUs
+            with AVX-512 VNNI or AMX; see roberta/quantize.py). Scores and vectors are returned in
+            fp32 either way. Default: fp32.
         """
+        if dtype == torch.int8:
+            device = int8_device(device)
         device = torch.device(device) if device is not None else default_device()
-        model = cls.load_model(name_or_path, device)
-        if dtype is not None:
-            model.to(dtype)
+        model = set_dtype(cls.load_model(name_or_path, device), dtype)
         return cls(model, Tokenizer.from_pretrained(name_or_path), max_tokens=max_tokens)
 
     @classmethod

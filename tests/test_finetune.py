@@ -327,6 +327,9 @@ def test_finetune_and_evaluate_classify(tmp_path, tiny_model, sst2, capsys):
     shown = json.loads(run_cli(["evaluate", "classify", "--model", str(out / "last"), "--data", str(sst2[1]),
                                 "--text-column", "sentence", "--json"], capsys))  # fmt: skip
     assert shown == pytest.approx({"accuracy": last["eval_accuracy"], "macro_f1": last["eval_macro_f1"]})
+    int8 = json.loads(run_cli(["evaluate", "classify", "--model", str(out / "last"), "--data", str(sst2[1]),
+                               "--text-column", "sentence", "--dtype", "int8", "--json"], capsys))  # fmt: skip
+    assert int8["accuracy"] == pytest.approx(shown["accuracy"], abs=0.02)  # what int8 costs: a little, if anything
 
 
 def test_finetune_and_evaluate_ner(tmp_path, tiny_model, conll, capsys):

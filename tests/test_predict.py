@@ -300,6 +300,8 @@ def test_classify_matches_transformers_and_not_batching(tiny, load, hf_tokenizer
         assert np.allclose(scores(clf.classify(TEXTS, batch_size=batch_size)), scores(got), atol=1e-5)
     bf16 = Classifier.from_pretrained(tiny[name], device="cpu", dtype=torch.bfloat16)  # opt-in bf16
     assert np.allclose(scores(bf16.classify(TEXTS)), scores(got), atol=0.05)
+    int8 = Classifier.from_pretrained(tiny[name], device="cpu", dtype=torch.int8)  # opt-in int8
+    assert np.allclose(scores(int8.classify(TEXTS)), scores(got), atol=0.05)
     budget = Classifier(clf.model, clf.tokenizer, max_tokens=24)  # a token budget: same results
     assert np.allclose(scores(budget.classify(TEXTS, batch_size=64)), scores(got), atol=1e-5)
     texts, order = shuffled(TEXTS)
@@ -448,6 +450,12 @@ def test_cli_fill_mask_and_classify(tiny, load, capsys, tmp_path):
     assert [r["text"] for r in records] == ["good film", "bad film"]
     expected = load(Classifier, "single").classify(["good film", "bad film"])
     assert [r["label"] for r in records] == [r["label"] for r in expected]
+    code, out, _ = run_cli(
+        capsys, "classify", "--file", tmp_path / "texts.txt", "--model", tiny["single"], "--dtype", "int8", "--json"
+    )
+    int8 = [json.loads(line) for line in out.splitlines()]
+    for got, want in zip(int8, expected):
+        assert np.allclose(list(got["scores"].values()), list(want["scores"].values()), atol=0.05)
     code, out, _ = run_cli(capsys, "classify", "good film", "--model", tiny["multi"])
     assert code == 0 and out.splitlines()[0].split()[:2] == ["label", "score"] and "good film" in out
 
@@ -508,3 +516,5 @@ def test_cli_bad_input_is_one_clear_line(tiny, capsys, tmp_path):
     assert code == 2 and "bad.jsonl:2 has no field 'text'" in err
     code, _, err = run_cli(capsys, "qa", "--question", "Who?", "--model", tiny["qa"])
     assert code == 2 and "--context" in err
+    code, _, err = run_cli(capsys, "embed", "a text", "--model", tiny["mlm"], "--dtype", "int8", "--device", "cuda")
+    assert code == 2 and "int8 runs on the CPU only" in err

@@ -121,8 +121,9 @@ def test_saved_checkpoint_loads_in_transformers(hf_model, tmp_path):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_cached_steps_equal_the_full_forward(hf_model):
-    ours = EncoderDecoder.from_pretrained(hf_model[1])
+@pytest.mark.parametrize("dtype", [None, torch.int8])  # int8 quantizes each token alone: still equal
+def test_cached_steps_equal_the_full_forward(hf_model, dtype):
+    ours = EncoderDecoder.from_pretrained(hf_model[1], dtype=dtype)
     ids, mask = source()
     target = torch.randint(3, TINY["vocab_size"], (5, 6))
     with torch.no_grad():

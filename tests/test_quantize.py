@@ -1,0 +1,124 @@
+"""The opt-in int8 inference (roberta/quantize.py).
+
+Int8Linear is pinned to the integer arithmetic it describes, computed independently in float64.
+Because every token is quantized on its own, a quantized model keeps the fast paths' guarantees:
+unpadded equals padded, a text alone equals its row in a batch, the last-layer subset equals the
+full forward (all to 1e-5). Its distance from fp32 is bounded, not zero.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from roberta import RobertaForSequenceClassification
+from roberta.model import RobertaModel
+from roberta.quantize import Int8Linear, quantize_int8
+from tests.test_fast import TOL, batch, padded_forward, tiny_config
+
+
+def reference(linear: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """float64: each row of x rounded to int8 at its absmax/127, times the dequantized weight."""
+    x = x.reshape(-1, linear.in_features).double()
+    scale = (x.abs().amax(dim=1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    x_q = torch.round(x / scale)
+    assert x_q.abs().max() <= 127
+    w = linear.weight.double() * linear.scale.double()[:, None]  # (out, in)
+    y = (x_q @ linear.weight.double().t()) * scale * linear.scale.double()
+    assert torch.allclose(y, (x_q * scale) @ w.t())
+    return y + (linear.bias.double() if linear.bias is not None else 0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_linear_is_the_integer_arithmetic_it_claims(bias):
+    torch.manual_seed(0)
+    fp32 = nn.Linear(48, 40, bias=bias)
+    q = Int8Linear.from_linear(fp32)
+    assert q.weight.dtype == torch.int8 and q.weight.abs().max() == 127  # each channel's absmax -> 127
+    assert (
+        q.weight.double() * q.scale.double()[:, None] - fp32.weight.double()
+    ).abs().max() <= q.scale.max() / 2
+    x = torch.randn(3, 5, 48) * torch.logspace(-3, 2, 5)[None, :, None]  # rows of very different sizes
+    x[1, 2] = 0  # an all-zero row: no division by zero, the output is the bias
+    y = q(x)
+    assert y.shape == (3, 5, 40) and y.dtype == torch.float32
+    torch.testing.assert_close(y.reshape(-1, 40).double(), reference(q, x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(y[1, 2], fp32.bias if bias else torch.zeros(40))
+    assert (y - fp32(x)).abs().max() < 0.05 * fp32(x).abs().max()  # int8 is close to fp32, not equal
+    part = q.rows(8, 24)  # the fused QKV's K, say: those output features only
+    torch.testing.assert_close(part(x), y[..., 8:24], rtol=0, atol=0)
+    assert q(torch.empty(0, 48)).shape == (0, 40)
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[RobertaModel, RobertaModel]:
+    """(fp32 model, its int8 copy)."""
+    torch.manual_seed(0)
+    model = RobertaModel(tiny_config()).eval()
+    return model, quantize_int8(copy.deepcopy(model))
+
+
+def test_quantize_replaces_the_layers_linears_only(pair):
+    model, q = pair
+    for name, module in q.named_modules():
+        if name.startswith("encoder.layers.") and isinstance(module, (nn.Linear, Int8Linear)):
+            assert isinstance(module, Int8Linear), name
+    assert isinstance(q.pooler.dense, nn.Linear) and isinstance(q.embeddings.word, nn.Embedding)
+    n_layers, n_linear = len(q.encoder.layers), 4  # qkv, out, fc1, fc2
+    assert sum(isinstance(m, Int8Linear) for m in q.modules()) == n_layers * n_linear
+    assert sum(isinstance(m, Int8Linear) for m in model.modules()) == 0  # the fp32 model is untouched
+
+
+@torch.no_grad()
+def test_int8_model_keeps_the_fast_paths_guarantees_and_stays_near_fp32(pair):
+    model, q = pair
+    ids, mask = batch(left=(2,))
+    real = mask.bool()
+    out = q(ids, mask).last_hidden_state  # unpadded
+    ref = padded_forward(q, ids, mask)[-1]  # every layer padded
+    assert (out - ref)[real].abs().max() < TOL
+    for i in range(ids.shape[0]):
+        alone = q(ids[i][real[i]][None]).last_hidden_state[0]
+        assert (alone - out[i][real[i]]).abs().max() < TOL
+    want = torch.zeros_like(real)
+    want[:, 0] = True
+    assert (q(ids, mask, subset_mask=want).last_hidden_state - out[want]).abs().max() < TOL
+    fp32 = model(ids, mask).last_hidden_state
+    assert (out - fp32)[real].abs().max() < 0.1  # post-LayerNorm states are O(1)
+
+
+@torch.no_grad()
+def test_int8_classifier_logits_with_and_without_the_last_layer_subset():
+    torch.manual_seed(4)
+    clf = quantize_int8(RobertaForSequenceClassification(tiny_config()).eval())
+    ids, mask = batch(left=(2,), seed=10)
+    full = clf(ids, mask, output_hidden_states=True)  # every position of every layer
+    assert (clf(ids, mask).logits - full.logits).abs().max() < TOL
+
+
+def test_int8_is_for_inference_on_cpu_in_fp32(pair, tmp_path):
+    model, q = pair
+    ids, mask = batch()
+    with pytest.raises(RuntimeError, match="cannot be trained"):
+        q.embeddings.word.weight.requires_grad_(True)
+        try:
+            q(ids, mask)
+        finally:
+            q.embeddings.word.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="fp32 model on the CPU"):
+        quantize_int8(copy.deepcopy(model).to(torch.bfloat16))
+    with pytest.raises(ValueError, match="no Transformer layers"):
+        quantize_int8(nn.Sequential(nn.Linear(4, 4)))
+    model.save_pretrained(tmp_path)
+    loaded = RobertaModel.from_pretrained(tmp_path, dtype=torch.int8)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, mask).last_hidden_state, q(ids, mask).last_hidden_state)
+    with pytest.raises(ValueError, match="CPU only"):
+        RobertaModel.from_pretrained(tmp_path, dtype=torch.int8, device="cuda")
+    with pytest.raises(ValueError, match="save the fp32 model"):
+        loaded.save_pretrained(tmp_path / "int8")
+    assert not (tmp_path / "int8").exists()  # nothing half-written
