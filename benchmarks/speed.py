@@ -11,8 +11,8 @@ Workloads (fixed seeds; ids are random tokens between <s> ... </s>, right paddin
      its longest, as a user would. Metric: real (non-padding) tokens per second.
   B  inference, fixed shape: a batch of 8 x 128 real tokens. Metric: median ms per batch.
   C  fine-tuning step, sequence classification (2 labels): batches of 16 with A's lengths.
-     Metric: real tokens per second. (--quick: C and D for ours and transformers-sdpa only, and
-     no memory for onnxruntime and CTranslate2.)
+     Metric: real tokens per second. (--quick: C and D for ours and transformers-sdpa only;
+     memory at inference only, and not for onnxruntime and CTranslate2.)
   D  MLM pretraining step on packed 128-token blocks (8 per batch for base, 32 for small), 15% of
      positions masked. Ours uses sparse_logits=True (the LM head projects only the masked
      positions); transformers computes full logits, as it does. Metric: tokens per second.
@@ -425,7 +425,7 @@ def memory_worker(args) -> None:
         encode(*padded([128] * 8, config.vocab_size, seed=99))
     res["mem_inference"] = peak_memory_mib(args.device)
     del encode
-    if engine in trained_here(args):  # two steps: the second one runs with the optimizer's state in place
+    if engine in TRAINABLE and not args.quick:  # two steps: the second with the optimizer's state in place
         c = max(c_data(config, args.quick), key=lambda x: x["input_ids"].numel())
         for key, kind, data in (
             ("mem_C", "classifier", [c, c]),
