@@ -5,14 +5,14 @@ temporary folder, loaded by each engine) and the same inputs, and prints one tab
 ratio ours / transformers-sdpa.
 
 Workloads (fixed seeds; ids are random tokens between <s> ... </s>, right padding):
-  A  inference, realistic: 512 sequences (--quick: 96) with token lengths drawn from
+  A  inference, realistic: 512 sequences (--quick: 64) with token lengths drawn from
      lognormal(mu=3.5, sigma=0.6), rounded, clipped to 8..256 (mean about 40; the small config
      clips to its 128 positions), handed over in batches of 32 in the drawn order, each padded to
      its longest, as a user would. Metric: real (non-padding) tokens per second.
   B  inference, fixed shape: a batch of 8 x 128 real tokens. Metric: median ms per batch.
   C  fine-tuning step, sequence classification (2 labels): batches of 16 with A's lengths.
-     Metric: real tokens per second. (--quick: C and D for ours and transformers-sdpa only;
-     memory at inference only, and not for onnxruntime and CTranslate2.)
+     Metric: real tokens per second. (--quick: C, D and memory for ours and transformers-sdpa
+     only, memory at inference only.)
   D  MLM pretraining step on packed 128-token blocks (8 per batch for base, 32 for small), 15% of
      positions masked. Ours uses sparse_logits=True (the LM head projects only the masked
      positions); transformers computes full logits, as it does. Metric: tokens per second.
@@ -78,7 +78,7 @@ LOADS: list[float] = []  # 1-minute load average, sampled while timing
 
 def lengths_a(config: RobertaConfig, quick: bool) -> list[int]:
     rng = np.random.default_rng(0)
-    n = 96 if quick else 512
+    n = 64 if quick else 512
     lengths = np.clip(np.round(rng.lognormal(3.5, 0.6, n)), 8, min(256, config.max_length))
     return [int(x) for x in lengths]
 
@@ -119,7 +119,7 @@ def c_data(config: RobertaConfig, quick: bool) -> list[dict[str, torch.Tensor]]:
 def d_data(config: RobertaConfig, quick: bool) -> list[dict[str, torch.Tensor]]:
     """D's batches of packed blocks; the first is the warm-up."""
     n_blocks = 8 if config.hidden_size >= 768 else 32
-    steps = 2 if quick else 6
+    steps = 1 if quick else 6
     data = [mlm_batch(n_blocks, config.vocab_size, seed=s) for s in range(steps + 1)]
     return [{"input_ids": ids, "labels": labels} for ids, labels in data]
 
@@ -344,7 +344,8 @@ def measure_inference(engines: list[str], args, config: RobertaConfig, folder: P
 
 
 def trained_here(args) -> tuple[str, ...]:
-    """The engines C and D measure: all trainable ones; under --quick ours and transformers-sdpa."""
+    """The engines C, D and memory measure: all trainable ones (memory: all); under --quick ours
+    and transformers-sdpa."""
     return ("ours", REFERENCE) if args.quick else TRAINABLE
 
 
@@ -630,7 +631,7 @@ def main(argv=None) -> None:
         results = measure_speed(engines, args, config, folder)
         print(f"memory, one worker per engine ({time.perf_counter() - started:.0f} s so far)", flush=True)
         for e in results:
-            if not (args.quick and e in ("onnxruntime", "ctranslate2")):  # their loading is slow
+            if e in trained_here(args) or not args.quick:
                 results[e].update(measure_memory(e, args, folder, Path(tmp) / f"{e}.json"))
     report = {
         "config": args.config, "device": args.device, "dtype": args.dtype, "quick": args.quick,
