@@ -344,8 +344,8 @@ def measure_inference(engines: list[str], args, config: RobertaConfig, folder: P
 
 
 def trained_here(args) -> tuple[str, ...]:
-    """The engines C, D and memory measure: all trainable ones (memory: all); under --quick ours
-    and transformers-sdpa."""
+    """The engines C and D measure: all trainable ones; under --quick only ours and
+    transformers-sdpa, which are also the only ones whose memory --quick measures."""
     return ("ours", REFERENCE) if args.quick else TRAINABLE
 
 
@@ -535,8 +535,7 @@ def int8_ffn_ms() -> dict[str, float]:
         paths["torchao int8"] = ao
     except Exception:  # not installed
         pass
-    with torch.inference_mode():
-        times = best_thread_times({name: lambda m=m: m(x) for name, m in paths.items()})
+    times = best_thread_times({name: lambda m=m: m(x) for name, m in paths.items()})
     return {name: 1e3 * t for name, t in times.items()}
 
 
