@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import numbers
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,24 @@ POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal")
 _HF_POSITION_NAMES = {"absolute": "learned", "learned": "learned", "sinusoidal": "sinusoidal"}
 # Keys HF writes that describe the file rather than the model; we regenerate them on save.
 _REGENERATED_KEYS = {"model_type", "architectures", "transformers_version", "_name_or_path"}
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+# Integer fields and their smallest allowed value.
+_INT_MINIMUMS = {
+    "vocab_size": 1,
+    "hidden_size": 1,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "intermediate_size": 1,
+    "max_position_embeddings": 1,
+    "type_vocab_size": 0,  # 0: no token-type embedding
+    "pad_token_id": 0,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "num_labels": 1,
+}
+_BYTES_PER_WEIGHT = 4  # fp32: what a model is built in before any dtype conversion
+_repr = reprlib.Repr()  # a short repr that stops at depth 2: safe for deeply nested JSON
+_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 2, 40, 40, 4, 4
 
 
 @dataclass
@@ -53,24 +73,76 @@ class RobertaConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.position_embedding_type = _HF_POSITION_NAMES.get(
-            self.position_embedding_type, self.position_embedding_type
-        )
-        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
-            raise ValueError(
-                f"position_embedding_type must be one of {POSITION_EMBEDDING_TYPES}, "
-                f"got {self.position_embedding_type!r}"
+        """Check every field's type and range, how the fields fit together, and that the weights fit
+        in memory: a bad config.json fails here, in one line naming the key, before a model exists."""
+        self._check_types()
+        self._check_relations()
+        self._check_memory()
+
+    def _check_types(self) -> None:
+        for key, minimum in _INT_MINIMUMS.items():
+            setattr(self, key, _integer(key, getattr(self, key), minimum))
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            setattr(self, key, _real(key, getattr(self, key), "a probability in [0, 1]", 0.0, 1.0))
+        if self.classifier_dropout is not None:
+            self.classifier_dropout = _real(
+                "classifier_dropout", self.classifier_dropout, "null or a probability in [0, 1]", 0.0, 1.0
             )
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})"
+        self.initializer_range = _real("initializer_range", self.initializer_range, "a number >= 0", 0.0)
+        self.layer_norm_eps = _real("layer_norm_eps", self.layer_norm_eps, "a number > 0", 0.0, open_low=True)
+        position = self.position_embedding_type
+        if not isinstance(position, str) or _HF_POSITION_NAMES.get(position) not in POSITION_EMBEDDING_TYPES:
+            raise _bad(
+                "position_embedding_type", position, f"one of {POSITION_EMBEDDING_TYPES} (or 'absolute')"
             )
+        self.position_embedding_type = _HF_POSITION_NAMES[position]
         if self.hidden_act != "gelu":
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; RoBERTa uses 'gelu'")
+            raise _bad("hidden_act", self.hidden_act, "'gelu': RoBERTa uses 'gelu'")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise _bad("problem_type", self.problem_type, f"null or one of {PROBLEM_TYPES}")
         if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            self.id2label = _labels(self.id2label)
             self.num_labels = len(self.id2label)
+        if not isinstance(self.extra, dict):
+            raise _bad("extra", self.extra, "an object (the config.json keys this class does not model)")
+
+    def _check_relations(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise _bad(
+                "hidden_size",
+                self.hidden_size,
+                f"a number divisible by num_attention_heads ({self.num_attention_heads}): "
+                "each head gets hidden_size / num_attention_heads dimensions",
+            )
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if getattr(self, key) >= self.vocab_size:
+                raise _bad(
+                    key,
+                    getattr(self, key),
+                    f"a token id in the vocabulary, 0..{self.vocab_size - 1} (vocab_size {self.vocab_size})",
+                )
+        if self.max_position_embeddings < self.pad_token_id + 2:
+            raise _bad(
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                f"at least pad_token_id + 2 = {self.pad_token_id + 2}: positions start at pad_token_id + 1",
+            )
+
+    def _check_memory(self) -> None:
+        """Refuse sizes whose fp32 weights alone exceed the memory available now (the check is
+        skipped where the system does not say how much that is)."""
+        available = available_memory()
+        # the encoder with its pooler, and a classifier's output layer (num_labels wide)
+        weights = self.num_parameters() + self.num_labels * (self.hidden_size + 1)
+        needed = weights * _BYTES_PER_WEIGHT
+        if available is not None and needed > available:
+            raise ValueError(
+                f"config sizes (hidden_size {self.hidden_size}, num_hidden_layers {self.num_hidden_layers}, "
+                f"intermediate_size {self.intermediate_size}, vocab_size {self.vocab_size}, "
+                f"max_position_embeddings {self.max_position_embeddings}, num_labels {self.num_labels}) "
+                f"make {_count(weights)} weights, {_count(needed, 2**30)} GiB in fp32, more than the "
+                f"{available / 2**30:.3g} GiB of memory available; is a size in config.json wrong?"
+            )
 
     # ---- presets -------------------------------------------------------------------------------
 
@@ -101,6 +173,15 @@ class RobertaConfig:
 
     # ---- derived -------------------------------------------------------------------------------
 
+    def num_parameters(self) -> int:
+        """How many weights `RobertaModel(config)` holds (pooler included), from the sizes alone:
+        embeddings (V + P + T)·C + 2C, then per layer 4C² + 2·C·I + 9C + I (Q, K, V and output
+        projections, two LayerNorms, the feed-forward pair), then the pooler C² + C."""
+        C, intermediate = self.hidden_size, self.intermediate_size
+        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * C + 2 * C
+        layer = 4 * C * C + 2 * C * intermediate + 9 * C + intermediate
+        return embeddings + self.num_hidden_layers * layer + C * C + C
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
@@ -118,11 +199,18 @@ class RobertaConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RobertaConfig:
-        """Build from a HF-style dict. Unknown keys go to `extra` (logged at debug level)."""
+        """Build from a HF-style dict. Unknown keys go to `extra` (logged at debug level).
+        A value of the wrong type or range raises a one-line ValueError naming the key."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a JSON object (a dict), got {_show(d)}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names and k not in _REGENERATED_KEYS | {"label2id"}}
-        extra.update(d.get("extra", {}) or {})
+        extra.pop("extra", None)
+        nested = d.get("extra") or {}
+        if not isinstance(nested, dict):
+            raise _bad("extra", nested, "an object (the config.json keys this class does not model)")
+        extra.update(nested)
         if extra:
             logger.debug("config keys kept but not used by the model: %s", sorted(extra))
         if d.get("model_type", "roberta") not in ("roberta", "xlm-roberta", "camembert"):
@@ -148,17 +236,111 @@ class RobertaConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> RobertaConfig:
+        """Read and check config.json; every problem is a one-line ValueError naming the file."""
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"no config.json at {path}") from None
-        except json.JSONDecodeError as e:
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text ({e}); is it a config.json?") from None
+        except RecursionError:
+            raise ValueError(f"{path} nests JSON too deeply to read; is it a config.json?") from None
+        except ValueError as e:  # JSONDecodeError, or an integer past Python's digit limit
             raise ValueError(f"{path} is not valid JSON ({e}); is the file corrupt?") from None
         if not isinstance(d, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Write config.json atomically (a temp file in the same folder, then rename)."""
         write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+# ---- validation helpers --------------------------------------------------------------------------
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now: /proc/meminfo's MemAvailable (Linux), else os.sysconf's
+    available pages; None where the system says neither."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file counts kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _show(value: Any) -> str:
+    """A short repr and the JSON-ish type: "'256' (str)"; safe for deep nesting and huge ints."""
+    try:
+        text = _repr.repr(value)
+    except ValueError:  # an int past Python's str() digit limit
+        text = f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    return f"{text} ({type(value).__name__})"
+
+
+def _bad(key: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"config key {key!r} is {_show(value)}; expected {expected}")
+
+
+def _integer(key: str, value: Any, minimum: int) -> int:
+    """An int (not a bool, not a float such as 256.0) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _bad(key, value, f"an integer >= {minimum}")
+    if value < minimum:
+        raise _bad(key, value, f"an integer >= {minimum}")
+    return int(value)
+
+
+def _real(
+    key: str, value: Any, expected: str, low: float, high: float | None = None, open_low: bool = False
+) -> float:
+    """A finite number (int or float, not a bool) in [low, high], or (low, high] with open_low."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _bad(key, value, expected)
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise _bad(key, value, expected) from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise _bad(key, value, expected)
+    if number < low or (open_low and number == low) or (high is not None and number > high):
+        raise _bad(key, value, expected)
+    return number
+
+
+def _labels(id2label: Any) -> dict[int, str]:
+    """id2label with int keys: an object mapping each label id 0..n-1 (JSON: "0", "1", ...) to a name."""
+    expected = 'an object mapping the label ids 0..n-1 (in JSON "0", "1", ...) to label names'
+    if not isinstance(id2label, dict) or not id2label:
+        raise _bad("id2label", id2label, expected)
+    n = len(id2label)
+    ids = {str(i): i for i in range(n)}
+    out: dict[int, str] = {}
+    for k, v in id2label.items():
+        i = ids.get(k) if isinstance(k, str) else None if isinstance(k, bool) or not isinstance(k, int) else k
+        if i is None or not 0 <= i < n:
+            raise ValueError(f"config key 'id2label' has the key {_show(k)}; expected {expected}")
+        if i in out:
+            raise ValueError(f"config key 'id2label' has the label id {i} twice; expected {expected}")
+        if not isinstance(v, str):
+            raise ValueError(f"config key 'id2label' maps {i} to {_show(v)}; expected {expected}")
+        out[i] = v
+    return out
+
+
+def _count(n: int, unit: int = 1) -> str:
+    """n / unit for a message: 2,861 or 7.68e+11; a power of 2 for numbers too large for a float."""
+    if n.bit_length() > 1000:
+        return f"about 2^{(n // unit).bit_length() - 1}"
+    value = n / unit
+    return f"{value:,.0f}" if 10 <= value < 1e6 else f"{value:.3g}"
