@@ -26,7 +26,6 @@ from torch import nn
 from roberta.atomic import atomic_file
 from roberta.config import RobertaConfig
 from roberta.hub import MODEL_FILES, resolve
-from roberta.quantize import Int8Linear, int8_device, set_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ class PretrainedModel(nn.Module):
 
     def hf_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Our weights under HF's names (fused tensors split, tied copies left out)."""
-        if any(isinstance(m, Int8Linear) for m in self.modules()):
+        if any(not t.dtype.is_floating_point for t in self.state_dict().values()):
             raise ValueError(
                 "an int8-quantized model has no checkpoint of its own: save the fp32 model, and load it "
                 "with dtype=torch.int8 (--dtype int8) where you run it"
@@ -168,30 +167,52 @@ class PretrainedModel(nn.Module):
         """Load a HF-layout checkpoint: a folder, a built-in model name, or a Hub id (online).
 
         `config_overrides` replace config fields, e.g. `num_labels=3` for a fresh classifier head.
-        dtype: e.g. torch.bfloat16; torch.int8 quantizes the Transformer layers for CPU inference
-        (roberta/quantize.py).
+        dtype: a floating-point dtype, e.g. torch.bfloat16. int8 is not a storage dtype but a way of
+        running: `roberta.quantize.quantize_int8(model)` after loading, or a predictor's
+        `from_pretrained(..., dtype=torch.int8)` (roberta/predict.py) for inference.
         Returns the model in eval mode.
         """
-        if dtype == torch.int8:
-            device = int8_device(device)
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(
+                f"from_pretrained loads weights in a floating-point dtype, not {dtype}; for int8 inference "
+                "quantize after loading (roberta.quantize.quantize_int8(model)) or load a predictor with "
+                "dtype=torch.int8 (roberta.predict)"
+            )
         folder = resolve(name_or_path, MODEL_FILES)
         config = cls.config_class.from_json_file(folder / "config.json")
         if config_overrides:
             config = dataclasses.replace(config, **config_overrides)
+        weights = read_weights(folder)
+        # The checkpoint is checked against a model built on the meta device (shapes, no memory, no
+        # initialisation), so a checkpoint that does not fit fails before a full-size model exists.
+        with torch.device("meta"):
+            skeleton = cls(config)
+        plan = skeleton.check_hf_state_dict(weights, source=str(name_or_path))
         model = cls(config)
-        model.load_hf_state_dict(read_weights(folder), source=str(name_or_path))
+        model._copy_in(plan)
         if device is not None:
             model.to(device)
-        return set_dtype(model, dtype).eval()
+        return (model.to(dtype) if dtype is not None else model).eval()
 
     def load_hf_state_dict(self, hf: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-        """Copy HF-named tensors into this model; strict: one error names every problem."""
-        hf = {k: v for k, v in hf.items() if not IGNORED_HF_KEYS.search(k)}
-        hf = self._match_prefix(hf)
-        own = self.state_dict()
-        used, missing, shapes, fresh = set(), [], [], []
+        """Copy HF-named tensors into this model; strict: one error names every problem (see
+        `check_hf_state_dict`), and nothing is copied unless everything fits."""
+        self._copy_in(self.check_hf_state_dict(hf, source))
+
+    def check_hf_state_dict(
+        self, hf: dict[str, torch.Tensor], source: str = "checkpoint"
+    ) -> dict[str, list[torch.Tensor]]:
+        """Match HF-named tensors to this model's keys, copying nothing (the model may live on the
+        meta device): our key -> the checkpoint tensor(s) that fill it, in order (Q, K, V).
+
+        One ValueError names every key that is missing, unexpected in the encoder, mis-shaped (each
+        part of a fused tensor by its own name), not floating point, or holding inf or NaN.
+        """
+        hf = self._match_prefix({k: v for k, v in hf.items() if not IGNORED_HF_KEYS.search(k)})
+        plan: dict[str, list[torch.Tensor]] = {}
+        used, missing, shapes, values, fresh = set(), [], [], [], []
         heads_in_ckpt = {k.split(".")[0] for k in hf}
-        for key, param in own.items():
+        for key, param in self.state_dict().items():
             if key in self.tied_weights:
                 continue
             names = self._find(key, hf)
@@ -204,16 +225,26 @@ class PretrainedModel(nn.Module):
                 else:
                     missing.append(key)
                 continue
-            tensor = torch.cat([hf[n] for n in names], dim=0) if len(names) > 1 else hf[names[0]]
             used.update(names)
-            if tensor.shape != param.shape:
-                shapes.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(param.shape)}")
-                continue
-            with torch.no_grad():
-                param.copy_(tensor.to(param.dtype))
+            parts = [hf[n] for n in names]
+            wrong = _shape_problems(key, names, parts, tuple(param.shape))
+            shapes.extend(wrong)
+            values.extend(_value_problems(names, parts))
+            if not wrong:
+                plan[key] = parts
         unexpected = sorted(set(hf) - used)
         body_unexpected = [k for k in unexpected if k.startswith(self._hf_body_prefixes())]
-        self._report(source, missing, shapes, body_unexpected, fresh, unexpected)
+        self._report(source, missing, shapes, body_unexpected, values, fresh, unexpected)
+        return plan
+
+    def _copy_in(self, plan: dict[str, list[torch.Tensor]]) -> None:
+        """Copy a checked plan (check_hf_state_dict) into this model's tensors; fused parts are
+        concatenated along dim 0, and tied weights stay tied (one tensor, copied once)."""
+        own = self.state_dict()
+        with torch.no_grad():
+            for key, parts in plan.items():
+                tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+                own[key].copy_(tensor.to(own[key].dtype))
 
     def _find(self, key: str, hf: dict[str, torch.Tensor]) -> tuple[str, ...] | None:
         for names in (self.to_hf_names(key), *((a,) for a in self.key_aliases.get(key, ()))):
@@ -234,7 +265,7 @@ class PretrainedModel(nn.Module):
             return {k.removeprefix("roberta."): v for k, v in hf.items()}
         return hf
 
-    def _report(self, source, missing, shapes, body_unexpected, fresh, unexpected) -> None:
+    def _report(self, source, missing, shapes, body_unexpected, values, fresh, unexpected) -> None:
         problems = []
         if missing:
             problems.append(f"missing from the checkpoint: {_short(missing)}")
@@ -242,13 +273,22 @@ class PretrainedModel(nn.Module):
             problems.append(f"shapes that differ: {_short(shapes)}")
         if body_unexpected:
             problems.append(f"in the checkpoint but not in the model: {_short(body_unexpected)}")
+        if values:
+            problems.append(f"values that cannot be loaded: {_short(values)}")
         if problems:
+            hints = []
+            if missing or shapes or body_unexpected:
+                hints.append("Does config.json belong to these weights?")
+            if values:
+                hints.append(
+                    "Weights must be finite floating-point numbers: inf or NaN usually means training "
+                    "diverged (load an earlier checkpoint); integers mean a quantized or corrupt file "
+                    "(save the float model instead)."
+                )
             raise ValueError(
                 f"{source} does not fit {type(self).__name__} with this config "
                 f"(hidden {self.config.hidden_size}, {self.config.num_hidden_layers} layers, "
-                f"vocab {self.config.vocab_size}):\n  "
-                + "\n  ".join(problems)
-                + "\nDoes config.json belong to these weights?"
+                f"vocab {self.config.vocab_size}):\n  " + "\n  ".join(problems) + "\n" + " ".join(hints)
             )
         # A fresh pooler is routine (MLM checkpoints have none and only multiple choice uses it).
         heads = [k for k in fresh if ".pooler." not in f".{k}"]
@@ -264,6 +304,34 @@ def _short(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
+def _shape_problems(
+    key: str, names: tuple[str, ...], parts: list[torch.Tensor], shape: tuple[int, ...]
+) -> list[str]:
+    """'key: checkpoint (a, b) vs model (c, d)'; for a fused tensor (Q, K, V), each part that does not
+    have its share of our shape, by its checkpoint name (checked before any concatenation)."""
+    if len(parts) == 1:
+        found = tuple(parts[0].shape)
+        return [] if found == shape else [f"{key}: checkpoint {found} vs model {shape}"]
+    part_shape = (shape[0] // len(parts), *shape[1:])
+    return [
+        f"{name} (part of {key}): checkpoint {tuple(t.shape)} vs model {part_shape}"
+        for name, t in zip(names, parts)
+        if tuple(t.shape) != part_shape
+    ]
+
+
+def _value_problems(names: tuple[str, ...], parts: list[torch.Tensor]) -> list[str]:
+    """Each tensor that is not floating point, or holds inf or NaN, by its checkpoint name."""
+    out = []
+    for name, t in zip(names, parts):
+        if not t.dtype.is_floating_point:
+            out.append(f"{name} is {t.dtype}, not floating point")
+        elif t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            out.append(f"{name} has {bad} of {t.numel()} values inf or NaN")
+    return out
+
+
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """model.safetensors, else pytorch_model.bin (torch.load with weights_only=True)."""
     st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
@@ -277,9 +345,17 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
             raise ValueError(f"{st} could not be read ({e}); the file is corrupt or truncated") from None
     if pt.exists():
         try:
-            return torch.load(pt, map_location="cpu", weights_only=True)
+            weights = torch.load(pt, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"{pt} could not be read ({type(e).__name__}: {e}); is it corrupt?") from None
+        if not isinstance(weights, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+        ):
+            raise ValueError(
+                f"{pt} holds a {type(weights).__name__}, not a state dict (names -> tensors); "
+                "is it a model checkpoint?"
+            )
+        return weights
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
 
 

@@ -154,3 +154,136 @@ def test_file_instead_of_folder(saved):
     _, folder = saved
     with pytest.raises(NotADirectoryError, match="pass the folder"):
         RobertaModel.from_pretrained(folder / "config.json")
+
+
+# ---- the checkpoint is checked before a model is built -------------------------------------------
+
+
+@pytest.fixture
+def real_inits(monkeypatch):
+    """The device types of every module _init_weights initialises: 'meta' only means no full model."""
+    from roberta.checkpoint import PretrainedModel
+
+    seen: list[str] = []
+    original = PretrainedModel._init_weights
+
+    def spy(self, module):
+        seen.extend(p.device.type for p in module.parameters(recurse=False))
+        original(self, module)
+
+    monkeypatch.setattr(PretrainedModel, "_init_weights", spy)
+    return seen
+
+
+def _base_size_folder(folder, weights):
+    from safetensors.torch import save_file
+
+    folder.mkdir(exist_ok=True)
+    RobertaConfig().save_json(folder / "config.json")  # roberta-base: 125M weights if built
+    save_file(weights, folder / "model.safetensors")
+    return folder
+
+
+def test_empty_weights_fail_before_a_full_size_model_is_built(tmp_path, real_inits):
+    folder = _base_size_folder(tmp_path / "empty", {})
+    with pytest.raises(
+        ValueError, match=r"missing from the checkpoint: roberta\.embeddings\.word\.weight, .* in all\)"
+    ):
+        RobertaForMaskedLM.from_pretrained(folder)
+    assert "cpu" not in real_inits and "meta" in real_inits
+    (folder / "model.safetensors").unlink()
+    torch.save({}, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="missing from the checkpoint"):
+        RobertaModel.from_pretrained(folder)
+    torch.save([torch.zeros(1)], folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"holds a list, not a state dict"):
+        RobertaModel.from_pretrained(folder)
+    (folder / "pytorch_model.bin").unlink()
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        RobertaModel.from_pretrained(folder)
+    assert "cpu" not in real_inits
+
+
+def test_weights_of_another_size_fail_before_a_full_size_model_is_built(saved, tmp_path, real_inits):
+    model, _ = saved
+    embeddings_only = {k: v for k, v in model.hf_state_dict().items() if k.startswith("embeddings.")}
+    folder = _base_size_folder(tmp_path / "partial", embeddings_only)
+    real_inits.clear()
+    with pytest.raises(ValueError) as e:
+        RobertaModel.from_pretrained(folder)
+    assert "embeddings.word.weight: checkpoint (60, 16) vs model (50265, 768)" in str(e.value)
+    assert "missing from the checkpoint: encoder.layers.0.attn.qkv.weight" in str(e.value)
+    assert "cpu" not in real_inits
+
+
+def test_tied_weights_stay_tied_and_fresh_heads_are_initialised(saved, tmp_path):
+    _, folder = saved
+    mlm = RobertaForMaskedLM.from_pretrained(folder)
+    assert mlm.lm_head.decoder.weight is mlm.roberta.embeddings.word.weight
+    assert mlm.lm_head.dense.weight.std() > 0  # a fresh head: initialised, not left empty
+    mlm.save_pretrained(tmp_path / "mlm")
+    again = RobertaForMaskedLM.from_pretrained(tmp_path / "mlm")
+    assert again.lm_head.decoder.weight is again.roberta.embeddings.word.weight
+    assert torch.equal(again.lm_head.decoder.weight, mlm.lm_head.decoder.weight)
+
+
+# ---- weights that do not load: named, before anything is copied -----------------------------------
+
+
+def _edit_weights(folder, edit):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    edit(weights)
+    save_file(weights, folder / "model.safetensors")
+
+
+def test_query_of_another_shape_is_named_before_fusing(saved):
+    _, folder = saved
+    query = "encoder.layer.0.attention.self.query.weight"
+    _edit_weights(folder, lambda w: w.update({query: w[query][:8].contiguous()}))
+    with pytest.raises(ValueError) as e:
+        RobertaModel.from_pretrained(folder)
+    msg = str(e.value)
+    assert "shapes that differ: " + query + " (part of encoder.layers.0.attn.qkv.weight): " in msg
+    assert "checkpoint (8, 16) vs model (16, 16)" in msg
+    assert "self.key.weight" not in msg  # the parts that fit are not named
+
+
+def test_non_finite_weights_are_refused_by_name(saved):
+    _, folder = saved
+
+    def poison(w):
+        w["encoder.layer.1.output.dense.bias"][3] = float("nan")
+        w["embeddings.word_embeddings.weight"][5, :2] = float("inf")
+
+    _edit_weights(folder, poison)
+    with pytest.raises(ValueError) as e:
+        RobertaModel.from_pretrained(folder)
+    msg = str(e.value)
+    assert (
+        "values that cannot be loaded: embeddings.word_embeddings.weight has 2 of 960 values inf or NaN"
+        in msg
+    )
+    assert "encoder.layer.1.output.dense.bias has 1 of 16 values inf or NaN" in msg
+    assert "training diverged" in msg and "Does config.json" not in msg
+
+
+def test_integer_weights_are_refused_by_name(saved):
+    _, folder = saved
+    name = "encoder.layer.0.attention.output.dense.weight"
+    _edit_weights(folder, lambda w: w.update({name: w[name].round().to(torch.int64)}))
+    with pytest.raises(ValueError, match=name + r" is torch\.int64, not floating point"):
+        RobertaModel.from_pretrained(folder)
+
+
+def test_a_failed_load_copies_nothing(saved):
+    model, folder = saved
+    hf = model.hf_state_dict()
+    hf = {k: torch.full_like(v, 7.0) for k, v in hf.items()}
+    hf["pooler.dense.bias"][0] = float("inf")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="pooler.dense.bias has 1 of 16 values inf or NaN"):
+        model.load_hf_state_dict(hf)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
