@@ -206,15 +206,14 @@ class RobertaConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names and k not in _REGENERATED_KEYS | {"label2id"}}
-        extra.pop("extra", None)
-        nested = d.get("extra") or {}
-        if not isinstance(nested, dict):
-            raise _bad("extra", nested, "an object (the config.json keys this class does not model)")
-        extra.update(nested)
+        if isinstance(d.get("extra"), dict):  # a dict made from this class (dataclasses.asdict)
+            extra.update(extra.pop("extra"))
         if extra:
             logger.debug("config keys kept but not used by the model: %s", sorted(extra))
         if d.get("model_type", "roberta") not in ("roberta", "xlm-roberta", "camembert"):
-            logger.warning("config.json has model_type=%r; reading it as a RoBERTa config", d["model_type"])
+            logger.warning(
+                "config.json has model_type %s; reading it as a RoBERTa config", _show(d["model_type"])
+            )
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:

@@ -196,3 +196,8 @@ def test_configs_written_by_transformers_load(tmp_path):
     full = RobertaConfig.from_dict(hf.to_dict())  # every key, id2label and nulls included
     assert dataclasses.replace(full, extra={}, id2label=None) == RobertaConfig()
     assert full.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+
+
+def test_an_extra_key_that_is_not_an_object_is_kept_as_an_unknown_key():
+    assert RobertaConfig.from_dict({"extra": [1]}).extra == {"extra": [1]}
+    assert RobertaConfig.from_dict({"extra": {"a": 1}}).extra == {"a": 1}  # dataclasses.asdict's form
