@@ -1,7 +1,7 @@
 """A/B of `torch.compile` on our model: eager vs compiled, same weights, same batches, one process.
 
 `roberta pretrain/finetune --compile` (TrainConfig.compile) wraps the model in `torch.compile`. The
-unpadding and per-sequence attention stay eager (see roberta/fast.py); the dense layers between them
+unpadding and per-sequence attention stay eager (see roberta/packing.py); the dense layers between them
 are compiled once for any number of tokens. This measures what that buys, with speed.py's workloads:
   A  inference, batches of 32 texts with lognormal lengths (real tokens/s);
   C  a sequence-classification training step, 16 such texts per batch;

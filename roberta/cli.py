@@ -79,10 +79,10 @@ def add_tokenizer(sub) -> None:
 
 
 def run_tokenizer_train(args) -> None:
-    from roberta.pretrain import _check_files
+    from roberta.pretrain import corpus_files
     from roberta.tokenizer import Tokenizer
 
-    tok = Tokenizer.train(_check_files(args.corpus), args.vocab_size, min_frequency=args.min_frequency)
+    tok = Tokenizer.train(corpus_files(args.corpus), args.vocab_size, min_frequency=args.min_frequency)
     folder = tok.save_pretrained(args.out)
     print(f"tokenizer with {len(tok)} tokens written to {folder}")
 
@@ -224,51 +224,24 @@ def run_evaluate_mlm(args) -> None:
     print(f"perplexity: {metrics['perplexity']:.2f}")
 
 
-# ---- finetune, evaluate classify|ner|qa --------------------------------------------------------
-
-
-def _table_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
-    p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
-    p.add_argument("--text-pair-column", help="column holding a second text, for pair tasks")
+# ---- finetune, evaluate <task> -------------------------------------------------------------------
 
 
 def add_finetune(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a model: classify, ner, qa, translate (and split-squad)")
+    from roberta.tasks import TASKS
+
+    tuned = [t for t in TASKS.values() if t.finetune_help]
+    p = sub.add_parser("finetune", help=f"fine-tune a model: {', '.join(t.name for t in tuned)}")
     fsub = p.add_subparsers(dest="finetune_command", required=True, metavar="TASK")
-    tasks = {
-        "classify": "label texts: TSV/CSV/JSONL with a text and a label column",
-        "ner": "tag words: CoNLL files (token first, IOB2 tag last, blank line between sentences)",
-        "qa": "extractive question answering: SQuAD v1.1 JSON",
-    }
-    for name, help_text in tasks.items():
-        t = fsub.add_parser(name, help=help_text)
-        t.add_argument("--train", required=True, metavar="FILE", help="training data")
-        t.add_argument("--dev", required=True, metavar="FILE", help="data scored at each evaluation")
+    for task in tuned:
+        t = fsub.add_parser(task.name, help=task.finetune_help)
+        task.add_finetune_arguments(t)
         _model_arg(t)
         t.add_argument("--out", required=True, help="run folder: best/, last/, metrics.jsonl, metrics.png")
-        if name == "classify":
-            _table_args(t)
-        if name == "qa":
-            t.add_argument("--stride", type=int, help="window overlap in tokens (default max_length/8)")
         _finetune_train_args(t)
-        t.set_defaults(func=run_finetune)
-    t = fsub.add_parser("translate", help="translation: line-aligned source and target text files")
-    t.add_argument("--train", required=True, nargs=2, metavar=("SOURCE", "TARGET"), help="training files")
-    t.add_argument("--dev", required=True, nargs=2, metavar=("SOURCE", "TARGET"), help="files scored by BLEU")
-    _model_arg(t)
-    t.add_argument("--out", required=True, help="run folder: best/, last/, metrics.jsonl, metrics.png")
-    t.add_argument(
-        "--num-beams", type=int, default=1, help="beams for the dev translations (default 1: greedy)"
-    )
-    _finetune_train_args(t)
-    t.set_defaults(func=run_finetune)
-    s = fsub.add_parser("split-squad", help="split a SQuAD file by article into train and dev files")
-    s.add_argument("squad", metavar="FILE", help="SQuAD v1.1 JSON")
-    s.add_argument("--fraction", type=float, default=0.8, help="share of articles (first ones) for train")
-    s.add_argument("--train-out", required=True, metavar="FILE")
-    s.add_argument("--dev-out", required=True, metavar="FILE")
-    s.set_defaults(func=run_split_squad)
+        t.set_defaults(func=run_finetune, task=task.name)
+    for task in tuned:
+        task.add_finetune_tools(fsub)
 
 
 def _finetune_train_args(p: argparse.ArgumentParser) -> None:
@@ -289,7 +262,7 @@ def _finetune_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_finetune(args) -> None:
-    from roberta import finetune
+    from roberta.tasks import get_task
     from roberta.train import TrainConfig
 
     cfg = TrainConfig(
@@ -307,98 +280,35 @@ def run_finetune(args) -> None:
         compile=args.compile,
         progress=not args.no_progress,
     )
-    common = dict(max_length=args.max_length, resume=args.resume)
-    if args.finetune_command == "classify":
-        result = finetune.finetune_classifier(
-            args.train, args.dev, args.model, cfg, text_column=args.text_column,
-            label_column=args.label_column, text_pair_column=args.text_pair_column, **common,
-        )  # fmt: skip
-    elif args.finetune_command == "ner":
-        result = finetune.finetune_ner(args.train, args.dev, args.model, cfg, **common)
-    elif args.finetune_command == "translate":
-        result = finetune.finetune_translation(
-            args.train, args.dev, args.model, cfg, num_beams=args.num_beams, **common
-        )
-    else:
-        result = finetune.finetune_qa(args.train, args.dev, args.model, cfg, stride=args.stride, **common)
+    result = get_task(args.task).finetune(args, cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
         print(json.dumps({"best": f"{args.out}/best", "last": f"{args.out}/last", **vars(result)}))
 
 
-def run_split_squad(args) -> None:
-    from roberta.finetune import split_squad
-
-    n_train, n_dev = split_squad(args.squad, args.fraction, args.train_out, args.dev_out)
-    print(f"{n_train} articles -> {args.train_out}, {n_dev} articles -> {args.dev_out}")
-
-
 def add_evaluate_tasks(esub) -> None:
-    tasks = {
-        "classify": "accuracy and macro-F1 on a labelled TSV/CSV/JSONL table",
-        "ner": "entity precision, recall and F1 (seqeval's convention) on a CoNLL file",
-        "qa": "SQuAD exact match and F1 on a SQuAD v1.1 JSON file",
-    }
-    for name, help_text in tasks.items():
-        p = esub.add_parser(name, help=help_text)
+    from roberta.tasks import TASKS
+
+    for task in TASKS.values():
+        if not task.evaluate_help:
+            continue
+        p = esub.add_parser(task.name, help=task.evaluate_help)
         p.add_argument("--model", required=True, help="a fine-tuned checkpoint folder (e.g. OUT/best)")
-        p.add_argument("--data", required=True, metavar="FILE", help="labelled data to score")
-        if name == "classify":
-            _table_args(p)
-        if name == "qa":
-            p.add_argument("--stride", type=int, help="window overlap in tokens (default max_length/8)")
-        p.add_argument("--max-length", type=int, help="tokens per input (default: what the model holds)")
+        task.add_evaluate_arguments(p)
         p.add_argument("--batch-size", type=int, default=32)
-        _eval_dtype_arg(p)
+        p.add_argument(
+            "--dtype",
+            choices=["fp32", "int8"],
+            default="fp32",
+            help="int8: score the opt-in int8 CPU inference, to see what it costs (default: fp32)",
+        )
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.set_defaults(func=run_evaluate_task)
-    p = esub.add_parser("translate", help="BLEU and chrF on line-aligned source and target files")
-    p.add_argument("--model", required=True, help="an encoder-decoder checkpoint folder (e.g. OUT/best)")
-    p.add_argument("--data", required=True, nargs=2, metavar=("SOURCE", "TARGET"), help="files to score")
-    p.add_argument("--num-beams", type=int, default=4, help="default 4")
-    p.add_argument("--output", metavar="FILE", help="also write the translations here, one per line")
-    p.add_argument("--batch-size", type=int, default=32)
-    _eval_dtype_arg(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=run_evaluate_task)
-
-
-def _eval_dtype_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dtype",
-        choices=["fp32", "int8"],
-        default="fp32",
-        help="int8: score the opt-in int8 CPU inference, to see what it costs (default: fp32)",
-    )
+        p.set_defaults(func=run_evaluate_task, task=task.name)
 
 
 def run_evaluate_task(args) -> None:
-    from roberta import finetune
+    from roberta.tasks import get_task
 
-    dtype = _dtype(args.dtype)
-    if args.evaluate_command == "translate":
-        metrics = finetune.evaluate_translation(
-            args.model,
-            *args.data,
-            num_beams=args.num_beams,
-            batch_size=args.batch_size,
-            dtype=dtype,
-            output_file=args.output,
-        )
-    elif args.evaluate_command == "classify":
-        metrics = finetune.evaluate_classifier(
-            args.model, args.data, text_column=args.text_column, label_column=args.label_column,
-            text_pair_column=args.text_pair_column, max_length=args.max_length, batch_size=args.batch_size,
-            dtype=dtype,
-        )  # fmt: skip
-    elif args.evaluate_command == "ner":
-        metrics = finetune.evaluate_ner(
-            args.model, args.data, max_length=args.max_length, batch_size=args.batch_size, dtype=dtype
-        )
-    else:
-        metrics = finetune.evaluate_qa(
-            args.model, args.data, stride=args.stride, max_length=args.max_length, batch_size=args.batch_size,
-            dtype=dtype,
-        )  # fmt: skip
+    metrics = get_task(args.task).evaluate(args, _dtype(args.dtype))
     if args.json:
         print(json.dumps(metrics))
         return
@@ -468,18 +378,18 @@ def run_explain(args) -> None:
         print(explain.format_explanation(expl), end="")
 
 
-# ---- tasks: fill-mask, classify, ner, qa, embed, translate -----------------------------------
+# ---- the task commands: roberta fill-mask | classify | ner | qa | ... (one per registered task) ----
 
 
-def _task_args(p: argparse.ArgumentParser, texts: bool = True) -> None:
-    """--model, --device, --batch-size, --json; with `texts`, the input: arguments, --file or --jsonl."""
-    if texts:
-        p.add_argument("text", nargs="*", help="the text(s) to read; or use --file / --jsonl")
-        p.add_argument("--file", help="a UTF-8 text file, one text per line")
-        p.add_argument("--jsonl", help="a JSON-lines file, one object per line (see --field)")
-        p.add_argument("--field", default="text", help="the --jsonl field holding the text (default: text)")
-    _predictor_options(p)
-    p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
+def add_task_commands(sub) -> None:
+    from roberta.tasks import TASKS
+
+    for task in TASKS.values():
+        p = sub.add_parser(task.name, help=task.help)
+        task.add_arguments(p)
+        _predictor_options(p)
+        p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
+        p.set_defaults(func=run_task, task=task.name)
 
 
 def _predictor_options(p: argparse.ArgumentParser) -> None:
@@ -498,7 +408,7 @@ def _predictor_options(p: argparse.ArgumentParser) -> None:
 
 
 def _predictor_args(args) -> dict:
-    """The keyword arguments of Predictor.from_pretrained that _task_args' options set."""
+    """The keyword arguments of Predictor.from_pretrained that _predictor_options set."""
     return dict(device=args.device, max_tokens=args.max_tokens, dtype=_dtype(args.dtype))
 
 
@@ -509,231 +419,20 @@ def _dtype(name: str):
     return {"fp32": None, "bf16": torch.bfloat16, "int8": torch.int8}[name]
 
 
-def _jsonl_rows(path: str) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSON-lines file."""
-    from pathlib import Path
+def run_task(args) -> None:
+    """Any task command: read the inputs, load the task's predictor, predict, print."""
+    from roberta.tasks import get_task
 
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n} is not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n} must hold a JSON object, got {type(row).__name__}")
-        rows.append((n, row))
-    return rows
-
-
-def _field(row: dict, name: str, path: str, n: int):
-    if name not in row:
-        raise ValueError(
-            f"{path}:{n} has no field {name!r} (it has {sorted(row)}); name the field with --field"
-        )
-    return row[name]
-
-
-def _read_texts(args) -> list[str]:
-    """The texts from exactly one source: arguments, --file (one per line) or --jsonl + --field."""
-    from pathlib import Path
-
-    if sum([bool(args.text), args.file is not None, args.jsonl is not None]) != 1:
-        raise ValueError(
-            "give the text(s) as arguments, or --file FILE, or --jsonl FILE: exactly one of them"
-        )
-    if args.text:
-        return args.text
-    if args.file is not None:
-        texts = [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not texts:
-            raise ValueError(f"{args.file} holds no text (no non-blank line)")
-        return texts
-    return [_field(row, args.field, args.jsonl, n) for n, row in _jsonl_rows(args.jsonl)]
-
-
-def _short(text: str, width: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def add_fill_mask(sub) -> None:
-    p = sub.add_parser("fill-mask", help="predict the word at each <mask> of a text")
-    _task_args(p)
-    p.add_argument("--top-k", type=int, default=5, help="predictions per mask (default: 5)")
-    p.set_defaults(func=run_fill_mask)
-
-
-def run_fill_mask(args) -> None:
-    from roberta.predict import FillMask
-
-    texts = _read_texts(args)
-    results = FillMask.from_pretrained(args.model, **_predictor_args(args)).fill_mask(
-        texts, args.top_k, args.batch_size
-    )
-    for text, result in zip(texts, results):
-        per_mask = result if isinstance(result[0], list) else [result]
-        if args.json:
-            print(json.dumps({"text": text, "masks": per_mask}, ensure_ascii=False))
-            continue
-        print(_short(text))
-        for m, predictions in enumerate(per_mask):
-            print(f"  {f'<mask> #{m + 1}':10} {'score':>8}  {'token':15}  sequence")
-            for p in predictions:
-                print(f"  {'':10} {p['score']:8.4f}  {p['token_str'].strip()!r:15}  {_short(p['sequence'])}")
-
-
-def add_classify(sub) -> None:
-    p = sub.add_parser("classify", help="label texts with a sequence-classification model")
-    _task_args(p)
-    p.set_defaults(func=run_classify)
-
-
-def run_classify(args) -> None:
-    from roberta.predict import Classifier
-
-    texts = _read_texts(args)
-    results = Classifier.from_pretrained(args.model, **_predictor_args(args)).classify(texts, args.batch_size)
-    if not args.json:
-        print(f"{'label':20}  {'score':>8}  text")
-    for text, r in zip(texts, results):
-        if args.json:
-            print(json.dumps({"text": text, **r}, ensure_ascii=False))
-        elif "labels" in r:  # multi-label: every label over 0.5
-            print(f"{','.join(r['labels']) or '(none)':20}  {max(r['scores'].values()):8.4f}  {_short(text)}")
-        elif "label" in r:
-            print(f"{r['label']:20}  {r['score']:8.4f}  {_short(text)}")
-        else:  # several regression outputs
-            values = " ".join(f"{k}={v:.4f}" for k, v in r["scores"].items())
-            print(f"{values:30}  {_short(text)}")
-
-
-def add_ner(sub) -> None:
-    p = sub.add_parser("ner", help="find named entities (a token-classification model)")
-    _task_args(p)
-    p.set_defaults(func=run_ner)
-
-
-def run_ner(args) -> None:
-    from roberta.predict import Tagger
-
-    texts = _read_texts(args)
-    results = Tagger.from_pretrained(args.model, **_predictor_args(args)).tag(texts, args.batch_size)
-    for text, entities in zip(texts, results):
-        if args.json:
-            print(json.dumps({"text": text, "entities": entities}, ensure_ascii=False))
-            continue
-        print(_short(text))
-        for e in entities:
-            print(f"  {e['entity']:8} {e['score']:.4f}  {e['start']:>5}-{e['end']:<5}  {e['word']}")
-        if not entities:
-            print("  (no entities)")
-
-
-def add_qa(sub) -> None:
-    p = sub.add_parser("qa", help="answer a question from a context (extractive question answering)")
-    p.add_argument("--question", help="the question")
-    p.add_argument("--context", help="the text that holds the answer")
-    p.add_argument("--context-file", help="read the context from this UTF-8 file instead")
-    p.add_argument("--jsonl", help="a JSON-lines file of objects with 'question' and 'context' fields")
-    p.add_argument("--top-k", type=int, default=1, help="answers per question (default: 1)")
-    p.add_argument("--max-answer-len", type=int, default=30, help="longest answer in tokens (default: 30)")
-    p.add_argument("--max-length", type=int, help="tokens per window (default: min(384, the model's))")
-    p.add_argument(
-        "--doc-stride", type=int, help="tokens shared by windows (default: min(max-length/2, 128))"
-    )
-    _task_args(p, texts=False)
-    p.set_defaults(func=run_qa)
-
-
-def _read_questions(args) -> tuple[list[str], list[str]]:
-    from pathlib import Path
-
-    if args.jsonl is not None:
-        if args.question or args.context or args.context_file:
-            raise ValueError("give either --jsonl FILE or --question with --context/--context-file, not both")
-        rows = _jsonl_rows(args.jsonl)
-        questions = [_field(r, "question", args.jsonl, n) for n, r in rows]
-        return questions, [_field(r, "context", args.jsonl, n) for n, r in rows]
-    if args.question is None or (args.context is None) == (args.context_file is None):
-        raise ValueError("give --question and one of --context TEXT or --context-file FILE (or --jsonl FILE)")
-    context = (
-        args.context if args.context is not None else Path(args.context_file).read_text(encoding="utf-8")
-    )
-    return [args.question], [context]
-
-
-def run_qa(args) -> None:
-    from roberta.predict import QuestionAnswerer
-
-    questions, contexts = _read_questions(args)
-    results = QuestionAnswerer.from_pretrained(
-        args.model, device=args.device, max_tokens=args.max_tokens
-    ).answer(
-        questions,
-        contexts,
-        top_k=args.top_k,
-        max_answer_len=args.max_answer_len,
-        doc_stride=args.doc_stride,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-    )
-    for question, answers in zip(questions, results):
-        answers = answers if isinstance(answers, list) else [answers]
-        if args.json:
-            print(json.dumps({"question": question, "answers": answers}, ensure_ascii=False))
-            continue
-        print(f"Q: {_short(question)}")
-        for a in answers:
-            print(f"  {a['score']:.4f}  chars {a['start']}-{a['end']}  {a['answer']}")
-
-
-def add_embed(sub) -> None:
-    p = sub.add_parser("embed", help="one vector per text (mean or <s> pooling of the last layer)")
-    _task_args(p)
-    p.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="default: mean")
-    p.add_argument("--no-normalize", action="store_true", help="keep the raw length (default: unit vectors)")
-    p.set_defaults(func=run_embed)
-
-
-def run_embed(args) -> None:
-    from roberta.predict import Embedder
-
-    texts = _read_texts(args)
-    vectors = Embedder.from_pretrained(args.model, **_predictor_args(args)).embed(
-        texts, pooling=args.pooling, normalize=not args.no_normalize, batch_size=args.batch_size
-    )  # (N, C)
-    if not args.json:
-        print(f"{len(texts)} x {vectors.shape[1]} embeddings ({args.pooling} pooling)")
-    for text, v in zip(texts, vectors.tolist()):
-        if args.json:
-            print(json.dumps({"text": text, "embedding": v}, ensure_ascii=False))
-        else:
-            print(f"  [{' '.join(f'{x:+.3f}' for x in v[:4])} …]  {_short(text)}")
-
-
-def add_translate(sub) -> None:
-    p = sub.add_parser(
-        "translate", help="translate texts (an encoder-decoder from `roberta finetune translate`)"
-    )
-    _task_args(p)
-    p.add_argument("--num-beams", type=int, default=4, help="beam width (default 4; 1: greedy)")
-    p.set_defaults(func=run_translate)
-
-
-def run_translate(args) -> None:
-    from roberta.predict import Translator
-
-    texts = _read_texts(args)
-    results = Translator.from_pretrained(args.model, **_predictor_args(args)).translate(
-        texts, num_beams=args.num_beams, batch_size=args.batch_size
-    )
-    for text, translation in zip(texts, results):
-        if args.json:
-            print(json.dumps({"text": text, "translation": translation}, ensure_ascii=False))
-        else:
-            print(f"{_short(text)}\n  -> {translation}")
+    task = get_task(args.task)
+    items = task.inputs(args)
+    predictor = task.predictor.from_pretrained(args.model, **_predictor_args(args))
+    options = task.options(args)
+    results = task.predict(predictor, items, options, args.batch_size)
+    if args.json:
+        for item, result in zip(items, results):
+            print(json.dumps(task.json_line(item, result), ensure_ascii=False))
+    else:
+        task.show(items, results, options)
 
 
 # ---- serve -------------------------------------------------------------------------------------
@@ -742,10 +441,7 @@ def run_translate(args) -> None:
 def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP, batching the requests that arrive together")
     _predictor_options(p)
-    p.add_argument(
-        "--task",
-        help="fill-mask, classify, ner, qa, embed or translate (default: what the checkpoint was saved for)",
-    )
+    p.add_argument("--task", help="the task to serve (default: what the checkpoint was saved for)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="default: 8000")
     p.add_argument(
@@ -782,14 +478,14 @@ def add_export_onnx(sub) -> None:
 
 
 def run_export_onnx(args) -> None:
-    from roberta.export import OUTPUTS, export_checkpoint, max_difference
-    from roberta.predict import pad
+    from roberta.export import export_checkpoint, onnxruntime_difference, spec_of
 
     path, model, tokenizer = export_checkpoint(args.model, args.out)
+    spec = spec_of(model)
     print(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB), config.json and the tokenizer files")
     print(
-        f"  {type(model).__name__}: inputs input_ids, attention_mask (batch, length <= {model.config.max_length}); "
-        f"outputs {', '.join(OUTPUTS[type(model)])}"
+        f"  {type(model).__name__}: inputs input_ids, attention_mask ({', '.join(spec.onnx_axes)}; "
+        f"length <= {model.config.max_length}); outputs {', '.join(spec.onnx_outputs)}"
     )
     try:
         import onnxruntime  # noqa: F401
@@ -797,8 +493,7 @@ def run_export_onnx(args) -> None:
         print("  not checked: onnxruntime is not installed (pip install onnxruntime)")
         return
     texts = ["The quick brown fox jumps over the lazy dog.", "Hello world"]
-    ids, mask = pad(tokenizer(texts)["input_ids"], tokenizer.pad_token_id, "cpu")
-    diff = max_difference(path, model, ids, mask)
+    diff = onnxruntime_difference(path, model, tokenizer, texts)
     print(f"  onnxruntime vs PyTorch on {len(texts)} texts (one padded): max |diff| {diff:.1e}")
 
 
@@ -817,12 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune(sub)
     add_attention(sub)
     add_explain(sub)
-    add_fill_mask(sub)
-    add_classify(sub)
-    add_ner(sub)
-    add_qa(sub)
-    add_embed(sub)
-    add_translate(sub)
+    add_task_commands(sub)
     add_serve(sub)
     add_export_onnx(sub)
     # (other commands are added here, one add_<name>(sub) call each)

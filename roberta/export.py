@@ -6,14 +6,16 @@
     export_checkpoint("runs/sst2/best", "sst2-onnx")   # the same in Python
     export_onnx(RobertaForSequenceClassification.from_pretrained("runs/sst2/best"), "model.onnx")
 
-The graph takes `input_ids` and `attention_mask` (int64, (batch, length), 1 = real token; both
-dimensions free, the length up to the model's maximum) and returns what the model class returns:
-`last_hidden_state` (RobertaModel), `logits` (masked LM; sequence classification, (batch,
-num_labels); token classification) or `start_logits` and `end_logits` (question answering).
+The graph takes `input_ids` and `attention_mask` (int64, (batch, length), 1 = real token; every
+dimension free, the length up to the model's maximum; multiple choice: (batch, choice, length))
+and returns what the task's model returns, as each task in roberta/tasks/ declares
+(`Task.onnx_outputs`): `last_hidden_state` (RobertaModel), `logits` (masked LM; sequence
+classification, (batch, num_labels); token classification; multiple choice, (batch, choices))
+or `start_logits` and `end_logits` (question answering).
 
 torch's exporter (`torch.onnx.export(dynamo=True)`; it needs the `onnx` and `onnxscript`
 packages: `pip install -e ".[onnx]"`) traces the encoder's plain padded path: the unpadding of
-fast.py sizes its work from the mask's values, which a graph of fixed shapes cannot. The model
+packing.py sizes its work from the mask's values, which a graph of fixed shapes cannot. The model
 switches to that path by itself while it is being exported (`torch.compiler.is_exporting()`).
 `max_difference` runs the file in onnxruntime against the PyTorch model.
 """
@@ -30,26 +32,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from roberta.architectures import architecture_class
 from roberta.atomic import atomic_file
-from roberta.checkpoint import architectures
-from roberta.heads import (
-    RobertaForMaskedLM,
-    RobertaForQuestionAnswering,
-    RobertaForSequenceClassification,
-    RobertaForTokenClassification,
-)
-from roberta.model import RobertaModel
+from roberta.collate import pad_batch
+from roberta.tasks import TASKS, Task
 from roberta.tokenizer import Tokenizer
 
 INPUTS = ("input_ids", "attention_mask")
+# The exportable model classes and the task that says how: its outputs and input dimensions.
+EXPORTS: dict[type[nn.Module], Task] = {t.model_class: t for t in TASKS.values() if t.onnx_outputs}
 # The graph's outputs for each model class: fields of what its forward returns.
-OUTPUTS: dict[type[nn.Module], tuple[str, ...]] = {
-    RobertaModel: ("last_hidden_state",),
-    RobertaForMaskedLM: ("logits",),
-    RobertaForSequenceClassification: ("logits",),
-    RobertaForTokenClassification: ("logits",),
-    RobertaForQuestionAnswering: ("start_logits", "end_logits"),
-}
+OUTPUTS: dict[type[nn.Module], tuple[str, ...]] = {cls: t.onnx_outputs for cls, t in EXPORTS.items()}
+
+
+def spec_of(model: nn.Module) -> Task:
+    """The task whose model `model` is (its onnx_outputs and onnx_axes); TypeError if none exports."""
+    if type(model) not in EXPORTS:
+        names = ", ".join(cls.__name__ for cls in EXPORTS)
+        raise TypeError(f"ONNX export takes one of {names}; got {type(model).__name__}")
+    return EXPORTS[type(model)]
 
 
 class _Graph(nn.Module):
@@ -65,22 +66,23 @@ class _Graph(nn.Module):
 
 
 def example_inputs(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (2, 8) batch whose second row is padded: what the exporter traces with."""
+    """A (2, 8) batch whose second row is padded, (2, 3, 8) for multiple choice: what the exporter
+    traces with (each dimension a different size, so none is taken for another)."""
     config = model.config
     ids = torch.randint(config.pad_token_id + 1, config.vocab_size, (2, 8))
     mask = torch.ones(2, 8, dtype=torch.long)
     ids[1, 5:], mask[1, 5:] = config.pad_token_id, 0
+    if len(spec_of(model).onnx_axes) == 3:  # (batch, choice, length)
+        return ids[:, None].expand(2, 3, 8).clone(), mask[:, None].expand(2, 3, 8).clone()
     return ids, mask
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `model` (one of OUTPUTS' classes) to `path` as an ONNX graph, in fp32, atomically.
+    """Write `model` (one of EXPORTS' classes) to `path` as an ONNX graph, in fp32, atomically.
 
     The model itself is left as it was (a CPU fp32 copy in eval mode is exported). Returns the path.
     """
-    if type(model) not in OUTPUTS:
-        names = ", ".join(cls.__name__ for cls in OUTPUTS)
-        raise TypeError(f"ONNX export takes one of {names}; got {type(model).__name__}")
+    spec = spec_of(model)
     try:
         import onnxscript  # noqa: F401  (torch's exporter needs it; say so before it fails deep inside)
     except ImportError:
@@ -88,9 +90,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike) -> Path:
             'ONNX export needs the onnx and onnxscript packages: pip install -e ".[onnx]"'
         ) from None
     graph = _Graph(copy.deepcopy(model).float().cpu()).eval()
-    batch = torch.export.Dim("batch")
-    length = torch.export.Dim("length", max=model.config.max_length)
-    shapes = {name: {0: batch, 1: length} for name in INPUTS}
+    dims = [torch.export.Dim(axis) for axis in spec.onnx_axes[:-1]]
+    dims.append(torch.export.Dim(spec.onnx_axes[-1], max=model.config.max_length))
+    shapes = {name: dict(enumerate(dims)) for name in INPUTS}
     path = Path(path)
     with atomic_file(path) as tmp, torch.no_grad(), _quiet_exporter():
         torch.onnx.export(
@@ -98,7 +100,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike) -> Path:
             example_inputs(model),
             str(tmp),
             input_names=list(INPUTS),
-            output_names=list(OUTPUTS[type(model)]),
+            output_names=list(spec.onnx_outputs),
             dynamic_shapes=shapes,
             dynamo=True,
             external_data=False,  # one file (up to 2 GB: roberta-large is 1.4 GB)
@@ -142,16 +144,29 @@ def max_difference(
     return worst
 
 
+def onnxruntime_difference(
+    path: str | os.PathLike, model: nn.Module, tokenizer: Tokenizer, texts: list[str]
+) -> float:
+    """`max_difference` on `texts` (padded into one batch; for multiple choice, each text is a
+    choice of one question)."""
+    rows = [{"input_ids": r} for r in tokenizer(texts)["input_ids"]]
+    batch = pad_batch(rows, {"input_ids": tokenizer.pad_token_id})
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if len(spec_of(model).onnx_axes) == 3:
+        ids, mask = ids[None], mask[None]  # (1, choices, T)
+    return max_difference(path, model, ids, mask)
+
+
 def export_checkpoint(
     name_or_path: str | os.PathLike, out_dir: str | os.PathLike
 ) -> tuple[Path, nn.Module, Tokenizer]:
     """Export a checkpoint as the class its config.json names: out_dir/model.onnx, config.json and
     the tokenizer files. Returns (the .onnx path, the model, the tokenizer)."""
-    name = (architectures(name_or_path) or ["RobertaModel"])[0]
-    classes = {cls.__name__: cls for cls in OUTPUTS}
-    if name not in classes:
-        raise ValueError(f"{name_or_path} holds a {name}; ONNX export takes one of {', '.join(classes)}")
-    model, tokenizer = classes[name].from_pretrained(name_or_path), Tokenizer.from_pretrained(name_or_path)
+    cls = architecture_class(name_or_path)
+    if cls not in EXPORTS:
+        names = ", ".join(c.__name__ for c in EXPORTS)
+        raise ValueError(f"{name_or_path} holds a {cls.__name__}; ONNX export takes one of {names}")
+    model, tokenizer = cls.from_pretrained(name_or_path), Tokenizer.from_pretrained(name_or_path)
     out = Path(out_dir)
     path = export_onnx(model, out / "model.onnx")
     model.save_config(out)

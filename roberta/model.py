@@ -9,9 +9,9 @@ byte-level BPE vocabulary (tokenizer.py) and one detail here: positions start at
 
 Masks: `attention_mask` is (B, T) with 1 = real token, 0 = padding, everywhere in this package.
 It is converted once, in `Encoder.forward`: when the batch has padding, the padding is removed
-(fast.py) and every layer works on the real tokens only, (N, C), with attention restricted to each
+(packing.py) and every layer works on the real tokens only, (N, C), with attention restricted to each
 sequence's own tokens; otherwise (and whenever attention weights are asked for) it becomes a
-boolean (B, 1, 1, T) "may attend" mask. Both paths give the same numbers (tests/test_fast.py).
+boolean (B, 1, 1, T) "may attend" mask. Both paths give the same numbers (tests/test_packing.py).
 
 Checkpoint names differ from HF's; the mapping lives in checkpoint.py, never here.
 """
@@ -27,7 +27,16 @@ from torch import nn
 
 from roberta.checkpoint import PretrainedModel
 from roberta.config import RobertaConfig
-from roberta.fast import Packing, Subset, eager, has_padding, packed_attention, pad, subset_attention, unpad
+from roberta.packing import (
+    Packing,
+    Subset,
+    eager,
+    has_padding,
+    pack,
+    packed_attention,
+    subset_attention,
+    unpack,
+)
 
 
 def position_ids_from_input_ids(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -242,7 +251,7 @@ class Encoder(nn.Module):
         A batch with padding is unpadded once, here, unless attention weights are asked for (they
         are (B, nh, T, T) by definition) or the model is being exported to a graph (export.py: the
         unpadded sizes depend on the mask's values). Padding positions hold what the padded path
-        gives them (see fast.py).
+        gives them (see packing.py).
 
         subset_mask: (B, T) bool, the positions whose final state the caller reads (a classifier's
         <s>, the masked tokens of MLM). last_hidden_state is then (M, C), those positions in
@@ -259,7 +268,7 @@ class Encoder(nn.Module):
         packing = None if real is None or output_attentions or not fast else Packing.from_mask(real)
         hidden, attentions = [x], []
         if packing is not None:
-            x, mask = unpad(x, packing), packing  # (N, C): real tokens + a slot per padded row
+            x, mask = pack(x, packing), packing  # (N, C): real tokens + a slot per padded row
         else:
             mask = None if real is None else real[:, None, None, :]  # (B, 1, 1, T)
         subset_last = subset_mask is not None and fast and not (output_hidden_states or output_attentions)
@@ -273,9 +282,9 @@ class Encoder(nn.Module):
             x, weights = layer(x, mask, output_attentions)
             attentions.append(weights)
             if output_hidden_states:
-                hidden.append(x if packing is None else pad(x, packing))
+                hidden.append(x if packing is None else unpack(x, packing))
         if not output_hidden_states:
-            hidden.append(x if packing is None else pad(x, packing))  # (B, T, C)
+            hidden.append(x if packing is None else unpack(x, packing))  # (B, T, C)
         last = hidden[-1] if subset_mask is None else hidden[-1][subset_mask.bool()]  # (M, C)
         return EncoderOutput(
             last_hidden_state=last,

@@ -1,14 +1,14 @@
-"""Speed machinery that is not the paper's idea: unpadding, packed attention, token-budget batches.
+"""Packing: the encoder's speed machinery that is not the paper's idea — real tokens only, attention per sequence.
 
 On realistic text most of a padded (B, T) batch is padding (about two thirds for sentence-length
 inputs batched as they come). The encoder's cost is in its projections and feed-forward layers,
 which treat every position alike, so the encoder computes them on the real tokens only:
 
     packing = Packing.from_mask(real)      # where the real tokens are, once per batch
-    x = unpad(x, packing)                  # (B, T, C) -> (N, C)
+    x = pack(x, packing)                   # (B, T, C) -> (N, C)
     ... every Linear / GELU / LayerNorm / dropout works on (N, C) ...
     packed_attention(qkv, packing)         # each sequence attends to its own real tokens only
-    x = pad(x, packing)                    # (N, C) -> (B, T, C)
+    x = unpack(x, packing)                 # (N, C) -> (B, T, C)
 
 What padding positions hold. The padded computation gives them values too: a padding query
 attends to its row's real keys. Task code can see them (a question-answering loss takes its
@@ -17,7 +17,7 @@ With the usual padding (pad token ids, default positions) every padding position
 the same embedding, hence the same state in every layer, so one padding *slot* per padded row,
 a query that is never a key, carries them all: N = real tokens + padded rows. `pad` writes the
 slot's state into each padding position of its row. Results equal the padded path at every
-position for such batches (tests/test_fast.py); for padding positions whose inputs differ
+position for such batches (tests/test_packing.py); for padding positions whose inputs differ
 within a row (explicit position_ids, or dropout in training) they hold the first one's state.
 
 Heads that read few positions (a classifier reads <s>, the MLM loss the masked tokens) pass
@@ -25,7 +25,7 @@ them as `subset_mask`; the last layer then computes keys and values at every row
 attention, Wᴼ, the FFN and the LayerNorms at those rows only (`Packing.rows_of`,
 `subset_attention`).
 
-Every function here is pure and pinned to the padded path by tests/test_fast.py. Those that take a
+Every function here is pure and pinned to the padded path by tests/test_packing.py. Those that take a
 `Packing` stay out of `torch.compile` graphs (`eager`): their loops and sizes are Python ints that
 differ in every batch, which a graph would guard on and be recompiled for. The dense layers between
 them compile once for any number of rows.
@@ -33,7 +33,6 @@ them compile once for any number of rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,7 +84,7 @@ class Packing:
     def rows_of(self, positions: torch.Tensor) -> Subset:
         """The packed rows holding the states of `positions`, (B, T) bool, in row-major order.
 
-        A padding position maps to its row's slot (it holds that position's state, see `pad`)."""
+        A padding position maps to its row's slot (it holds that position's state, see `unpack`)."""
         B, T = self.batch_size, self.seq_len
         if tuple(positions.shape) != (B, T):
             raise ValueError(f"positions must be (batch, length) = {(B, T)}, got {tuple(positions.shape)}")
@@ -114,13 +113,13 @@ def has_padding(attention_mask: torch.Tensor) -> bool:
     return not bool(attention_mask.all())
 
 
-def unpad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
+def pack(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     """(B, T, ...) -> (N, ...): the packed rows, in `packing.indices` order."""
     return x.flatten(0, 1).index_select(0, packing.indices)
 
 
 @eager
-def pad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
+def unpack(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     """(N, ...) -> (B, T, ...): every packed row back in its place; each padding position of a
     row gets the state of that row's slot."""
     B, T = packing.batch_size, packing.seq_len
@@ -181,29 +180,3 @@ def _repadded_subset_attention(
     k, v = dkv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, nh, S, hs)
     y = F.scaled_dot_product_attention(dq, k, v, attn_mask=keys[:, None, None, :], dropout_p=dropout_p)
     return y.transpose(1, 2).reshape(B * Q, nh * hs).index_select(0, q_rows)  # (M, nh * hs)
-
-
-def token_budget_batches(
-    lengths: Sequence[int], max_tokens: int, max_batch_size: int | None = None
-) -> list[list[int]]:
-    """Plan batches for inference: indices grouped by length, longest first, so that each batch
-    padded to its longest member holds at most `max_tokens` tokens (batch size x longest).
-
-    lengths: token count of each sequence. A sequence longer than `max_tokens` gets a batch of its
-    own. Returns lists of indices into `lengths`; each index appears exactly once. Run them in any
-    order and put the outputs back by index.
-    """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-    if max_batch_size is not None and max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        batch = batches[-1] if batches else None
-        fits = batch is not None and (len(batch) + 1) * lengths[batch[0]] <= max_tokens
-        if fits and (max_batch_size is None or len(batch) < max_batch_size):
-            batch.append(i)
-        else:
-            batches.append([i])
-    return batches

@@ -59,7 +59,8 @@ def read_documents(path: str | os.PathLike) -> Iterator[str]:
             yield doc
 
 
-def _check_files(files: Sequence[str | os.PathLike]) -> list[Path]:
+def corpus_files(files: Sequence[str | os.PathLike]) -> list[Path]:
+    """The corpus files as paths; ValueError for none given, FileNotFoundError for a missing one."""
     if not files:
         raise ValueError("no corpus files given")
     paths = [Path(f) for f in files]
@@ -97,7 +98,7 @@ def tokenize_corpus(
     Files are read in the order given; every document ends with `</s>`. With `cache_dir`, the
     stream is stored as `<key>.npy` (key: files' contents + tokenizer) and reused next time.
     """
-    paths = _check_files(files)
+    paths = corpus_files(files)
     cache = None
     if cache_dir is not None:
         cache = Path(cache_dir) / f"tokens-{corpus_key(paths, tokenizer)}.npy"

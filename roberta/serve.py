@@ -13,18 +13,19 @@ them all with one call of the task's predictor (`roberta/predict.py`), which sor
 length into forward passes. Results are the ones the Python API gives for each request alone
 (`tests/test_serve.py`), whatever else shared its batch.
 
-Endpoints: `POST /<task>` (the loaded model's task: fill-mask, classify, ner, qa, embed or
-translate; bodies as the Python API's arguments, `inputs` a text or a list, `outputs` one result or
-a list), `GET /health`, `GET /info` (model, task, device, batching settings and counters:
-requests, batches, texts).
+Endpoints: `POST /<task>` (the loaded model's task, any of roberta/tasks/' registry; its body
+is what the task declares — `Task.request_fields`: `inputs` a text or a list and the Python
+method's options for most, `question` and `context` for qa; `outputs` one result or a list),
+`GET /health`, `GET /info` (model, task, device, batching settings and counters: requests,
+batches, texts).
 Malformed bodies get 422 with what was wrong; input the task cannot take (a fill-mask text without
 `<mask>`) gets 400 with the predictor's message, and only that request fails, not its batchmates.
 
 FastAPI and uvicorn are an optional extra: `pip install -e ".[serve]"`.
 """
 
-# No `from __future__ import annotations` here: FastAPI reads the endpoints' body types from their
-# annotations, and the body models are local to build_app, where string annotations would not resolve.
+# No `from __future__ import annotations` here: FastAPI reads the endpoint's body type from its
+# annotation, and the body model is local to build_app, where a string annotation would not resolve.
 import asyncio
 import contextlib
 import queue
@@ -35,31 +36,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from roberta.checkpoint import architectures
-from roberta.predict import Classifier, Embedder, FillMask, Predictor, QuestionAnswerer, Tagger, Translator
-
-# The task a checkpoint is for, from the architecture its config.json names (a base or masked-LM
-# checkpoint fills masks; `--task embed` serves any checkpoint's encoder).
-TASK_OF_ARCHITECTURE = {
-    "RobertaForMaskedLM": "fill-mask",
-    "RobertaModel": "fill-mask",
-    "RobertaForSequenceClassification": "classify",
-    "RobertaForTokenClassification": "ner",
-    "RobertaForQuestionAnswering": "qa",
-    "EncoderDecoderModel": "translate",
-}
-TASKS = ("fill-mask", "classify", "ner", "qa", "embed", "translate")
-
-
-def task_of(name_or_path: str) -> str:
-    """The task of a checkpoint: what its config.json's `architectures` says it was saved as."""
-    name = (architectures(name_or_path) or ["RobertaModel"])[0]
-    if name not in TASK_OF_ARCHITECTURE:
-        raise ValueError(
-            f"{name_or_path} holds a {name}, which has no task here; pass --task, one of {', '.join(TASKS)}"
-        )
-    return TASK_OF_ARCHITECTURE[name]
-
+from roberta.predict import Predictor
+from roberta.tasks import Task, get_task, task_of
 
 # ---- dynamic batching --------------------------------------------------------------------------
 
@@ -154,38 +132,6 @@ class Batcher:
             start += len(r.items)
 
 
-def task_runner(task: str, predictor: Predictor, batch_size: int) -> Callable[[list, dict], list]:
-    """run(items, params) -> one result per item, for the Batcher: the task's predictor method."""
-    if task == "fill-mask":
-        return lambda texts, p: predictor.fill_mask(texts, batch_size=batch_size, **p)
-    if task == "classify":
-        return lambda texts, p: predictor.classify(texts, batch_size=batch_size)
-    if task == "ner":
-        return lambda texts, p: predictor.tag(texts, batch_size=batch_size)
-    if task == "qa":
-
-        def answer(pairs: list, p: dict) -> list:
-            questions, contexts = (list(x) for x in zip(*pairs))
-            return predictor.answer(questions, contexts, batch_size=batch_size, **p)
-
-        return answer
-    if task == "embed":
-        return lambda texts, p: predictor.embed(texts, batch_size=batch_size, **p).tolist()
-    if task == "translate":
-        return lambda texts, p: predictor.translate(texts, batch_size=batch_size, **p)
-    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-
-
-PREDICTORS: dict[str, type[Predictor]] = {
-    "fill-mask": FillMask,
-    "classify": Classifier,
-    "ner": Tagger,
-    "qa": QuestionAnswerer,
-    "embed": Embedder,
-    "translate": Translator,
-}
-
-
 # ---- the app -----------------------------------------------------------------------------------
 
 
@@ -196,19 +142,21 @@ def build_app(
     batch_size: int = 32,
     max_wait_ms: float = 5.0,
 ):
-    """The FastAPI app serving `predictor` for `task` with dynamic batching."""
+    """The FastAPI app serving `predictor` for `task` (a name in roberta.tasks.TASKS) with
+    dynamic batching: `POST /<task>` with the body the task declares."""
     try:
         from fastapi import FastAPI, HTTPException
         from fastapi.responses import JSONResponse
-        from pydantic import BaseModel, ConfigDict, Field
     except ImportError:
         raise ImportError('the server needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
-    if task not in PREDICTORS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if not isinstance(predictor, PREDICTORS[task]):
-        raise TypeError(f"task {task!r} needs a {PREDICTORS[task].__name__}, got {type(predictor).__name__}")
+    spec = get_task(task)
+    if not isinstance(predictor, spec.predictor):
+        raise TypeError(f"task {task!r} needs a {spec.predictor.__name__}, got {type(predictor).__name__}")
 
-    batcher = Batcher(task_runner(task, predictor, batch_size), batch_size, max_wait_ms)
+    def run(items: list, options: dict) -> list:
+        return spec.predict(predictor, items, options, batch_size)
+
+    batcher = Batcher(run, batch_size, max_wait_ms)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -218,88 +166,25 @@ def build_app(
     app = FastAPI(
         title=f"roberta: {task}", description=f"{model_name} ({task}), dynamically batched", lifespan=lifespan
     )
+    Body = request_body(spec)
 
-    Texts = str | list[str]
-
-    class Body(BaseModel):
-        model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
-
-    async def answer(items: list, params: dict, single: bool, field: str = "inputs") -> JSONResponse:
-        if not items:
-            raise HTTPException(422, f"{field} is an empty list; send at least one")
+    async def endpoint(body: Body) -> JSONResponse:  # type: ignore[valid-type]
+        fields = body.model_dump()
+        first = next(iter(fields))  # the input field: named in the error for an empty list
         try:
-            results = await asyncio.wrap_future(batcher.submit(items, params))
+            items, single, options = spec.request_items(fields)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        if not items:
+            raise HTTPException(422, f"{first} is an empty list; send at least one")
+        try:
+            results = await asyncio.wrap_future(batcher.submit(items, options))
         except (ValueError, TypeError) as e:  # the predictor's message says what was wrong
             raise HTTPException(400, str(e)) from None
         # a Response as it is: FastAPI's generic encoder would walk every float of an embedding
         return JSONResponse({"outputs": results[0] if single else results})
 
-    def texts_of(inputs: Texts) -> tuple[list[str], bool]:
-        return ([inputs], True) if isinstance(inputs, str) else (inputs, False)
-
-    if task == "fill-mask":
-
-        class FillMaskBody(Body):
-            inputs: Texts = Field(description="text(s) with <mask> where the word to predict goes")
-            top_k: int = Field(5, ge=1, description="predictions per mask")
-
-        @app.post("/fill-mask")
-        async def fill_mask(body: FillMaskBody) -> JSONResponse:
-            texts, single = texts_of(body.inputs)
-            return await answer(texts, {"top_k": body.top_k}, single)
-
-    elif task in ("classify", "ner"):
-
-        class TextsBody(Body):
-            inputs: Texts = Field(description="the text(s) to read")
-
-        async def texts_endpoint(body: TextsBody) -> JSONResponse:
-            texts, single = texts_of(body.inputs)
-            return await answer(texts, {}, single)
-
-        app.post(f"/{task}")(texts_endpoint)
-
-    elif task == "embed":
-
-        class EmbedBody(Body):
-            inputs: Texts = Field(description="the text(s) to embed")
-            pooling: str = Field("mean", pattern="^(mean|cls)$", description="mean or cls (<s>) pooling")
-            normalize: bool = Field(True, description="unit-length vectors")
-
-        @app.post("/embed")
-        async def embed(body: EmbedBody) -> JSONResponse:
-            texts, single = texts_of(body.inputs)
-            return await answer(texts, {"pooling": body.pooling, "normalize": body.normalize}, single)
-
-    elif task == "translate":
-
-        class TranslateBody(Body):
-            inputs: Texts = Field(description="the text(s) to translate")
-            num_beams: int = Field(4, ge=1, le=32, description="beam width (1: greedy)")
-
-        @app.post("/translate")
-        async def translate(body: TranslateBody) -> JSONResponse:
-            texts, single = texts_of(body.inputs)
-            return await answer(texts, {"num_beams": body.num_beams}, single)
-
-    else:
-
-        class QABody(Body):
-            question: Texts = Field(description="a question, or a list of them")
-            context: Texts = Field(description="the text holding each answer: one per question")
-            top_k: int = Field(1, ge=1, description="answers per question")
-            max_answer_len: int = Field(30, ge=1, description="the longest answer, in tokens")
-
-        @app.post("/qa")
-        async def qa(body: QABody) -> JSONResponse:
-            questions, single = texts_of(body.question)
-            contexts, single_context = texts_of(body.context)
-            if single != single_context or len(questions) != len(contexts):
-                raise HTTPException(
-                    422, "send one context per question: two strings, or two lists of one length"
-                )
-            params = {"top_k": body.top_k, "max_answer_len": body.max_answer_len}
-            return await answer(list(zip(questions, contexts)), params, single, field="question")
+    app.post(f"/{task}", summary=spec.help)(endpoint)
 
     @app.get("/health")
     async def health() -> dict:
@@ -319,6 +204,16 @@ def build_app(
     return app
 
 
+def request_body(spec: Task):
+    """The pydantic model of `spec`'s request body, from its declared fields; misspelt fields are
+    errors (422), not ignored."""
+    from pydantic import ConfigDict, Field, create_model
+
+    fields = {name: (kind, Field(**options)) for name, (kind, options) in spec.request_fields().items()}
+    name = "".join(part.title() for part in spec.name.split("-")) + "Request"
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+
+
 def serve(
     model: str,
     task: str | None = None,
@@ -334,8 +229,6 @@ def serve(
     except ImportError:
         raise ImportError('the server needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
     task = task or task_of(model)
-    if task not in PREDICTORS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    predictor = PREDICTORS[task].from_pretrained(model, **predictor_args)
+    predictor = get_task(task).predictor.from_pretrained(model, **predictor_args)
     app = build_app(predictor, task, model, batch_size, max_wait_ms)
     uvicorn.run(app, host=host, port=port, log_level="info")

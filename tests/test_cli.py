@@ -41,8 +41,8 @@ def test_compile_flag_reaches_the_training_config(tiny_model_dir, tmp_path, monk
     """--compile on pretrain and finetune sets TrainConfig.compile (what it does: tests/test_train.py)."""
     import types
 
-    import roberta.finetune
     import roberta.pretrain
+    import roberta.tasks.classify
 
     seen = []
 
@@ -51,7 +51,7 @@ def test_compile_flag_reaches_the_training_config(tiny_model_dir, tmp_path, monk
         return types.SimpleNamespace()
 
     monkeypatch.setattr(roberta.pretrain, "pretrain", record)
-    monkeypatch.setattr(roberta.finetune, "finetune_classifier", record)
+    monkeypatch.setattr(roberta.tasks.classify, "finetune_classifier", record)
     common = ["--out", str(tmp_path), "--max-steps", "1"]
     pretrain = ["pretrain", "--corpus", "c.txt", "--tokenizer", str(tiny_model_dir), *common]
     finetune = [

@@ -16,8 +16,9 @@ ort = pytest.importorskip("onnxruntime")
 
 from roberta import RobertaConfig  # noqa: E402
 from roberta.cli import main  # noqa: E402
-from roberta.export import OUTPUTS, _Graph, export_onnx, max_difference  # noqa: E402
-from roberta.heads import RobertaForMultipleChoice, RobertaForSequenceClassification  # noqa: E402
+from roberta.export import OUTPUTS, _Graph, export_onnx, max_difference, spec_of  # noqa: E402
+from roberta.heads import RobertaForMaskedLM, RobertaForSequenceClassification  # noqa: E402
+from roberta.seq2seq import EncoderDecoder  # noqa: E402
 from roberta.tokenizer import Tokenizer  # noqa: E402
 
 TINY = dict(
@@ -55,9 +56,16 @@ def test_onnx_graph_matches_the_eager_model_on_any_shape(cls, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
     assert tuple(o.name for o in session.get_outputs()) == OUTPUTS[cls]
+    choices = len(spec_of(model).onnx_axes) == 3  # multiple choice: (batch, choice, length)
     model.eval()
     for seed, lengths in enumerate(SHAPES):
         ids, mask = batch(lengths, seed=seed)
+        if choices:  # the rows as the choices of one question, and of two
+            ids, mask = (
+                (ids[None], mask[None])
+                if seed % 2
+                else (torch.cat([ids, ids])[None], torch.cat([mask, mask])[None])
+            )
         got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
         with torch.no_grad():
             want = _Graph(model)(ids, mask)
@@ -95,11 +103,18 @@ def test_a_checkpoint_saved_by_transformers_exports_to_transformers_numbers(tmp_
     torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-5, rtol=1e-5)
 
 
+def encoder_decoder(folder) -> EncoderDecoder:
+    """A tiny encoder-decoder (translation has no ONNX export), both stacks from a random masked LM."""
+    torch.manual_seed(0)
+    RobertaForMaskedLM(RobertaConfig(**TINY)).save_pretrained(folder / "mlm")
+    return EncoderDecoder.from_encoder_pretrained(folder / "mlm")
+
+
 def test_unsupported_model_is_a_clear_error(tmp_path):
     with pytest.raises(
-        TypeError, match="ONNX export takes one of RobertaModel, .*; got RobertaForMultipleChoice"
+        TypeError, match="ONNX export takes one of RobertaForMaskedLM, .*; got EncoderDecoder"
     ):
-        export_onnx(RobertaForMultipleChoice(RobertaConfig(**TINY)), tmp_path / "m.onnx")
+        export_onnx(encoder_decoder(tmp_path), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -120,8 +135,6 @@ def test_cli_writes_a_folder_onnxruntime_and_the_tokenizer_can_use(tiny_model_di
 
 
 def test_cli_refuses_a_model_it_cannot_export(tmp_path, capsys):
-    RobertaForMultipleChoice(RobertaConfig(**TINY)).save_pretrained(tmp_path / "mc")
-    assert main(["export-onnx", "--model", str(tmp_path / "mc"), "--out", str(tmp_path / "o")]) == 2
-    assert (
-        "holds a RobertaForMultipleChoice; ONNX export takes one of RobertaModel" in capsys.readouterr().err
-    )
+    encoder_decoder(tmp_path).save_pretrained(tmp_path / "translate")
+    assert main(["export-onnx", "--model", str(tmp_path / "translate"), "--out", str(tmp_path / "o")]) == 2
+    assert "holds a EncoderDecoder; ONNX export takes one of RobertaForMaskedLM" in capsys.readouterr().err

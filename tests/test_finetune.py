@@ -14,26 +14,12 @@ import torch
 
 from roberta import cli
 from roberta.config import RobertaConfig
-from roberta.finetune import (
-    Pair,
-    answer_tokens,
-    evaluate_classifier,
-    finetune_classifier,
-    finetune_ner,
-    finetune_qa,
-    label_list,
-    ner_features,
-    pad_batch,
-    qa_features,
-    read_conll,
-    read_parallel,
-    read_squad,
-    read_table,
-    seq2seq_batch,
-    split_squad,
-    translation_features,
-)
 from roberta.heads import RobertaForMaskedLM, RobertaForSequenceClassification
+from roberta.tasks.classify import evaluate_classifier, finetune_classifier, read_table
+from roberta.tasks.common import collate, label_list
+from roberta.tasks.ner import finetune_ner, ner_features, read_conll
+from roberta.tasks.qa import answer_tokens, finetune_qa, qa_features, read_squad, split_squad
+from roberta.tasks.translate import Pair, read_parallel, translation_features
 from roberta.tokenizer import Tokenizer
 from roberta.train import TrainConfig, read_metrics
 
@@ -132,7 +118,7 @@ def test_split_squad_keeps_articles_whole(squad):
 
 
 def test_ner_label_goes_on_the_first_sub_token_only(tokenizer):
-    from roberta.finetune import TaggedSentence
+    from roberta.tasks.ner import TaggedSentence
 
     sentence = TaggedSentence(["Kaczmarek", "visited", "Wrocław", "."], ["B-PER", "O", "B-LOC", "O"], 1)
     label2id = {"B-LOC": 0, "B-PER": 1, "O": 2}
@@ -188,16 +174,22 @@ def test_answer_tokens_by_hand():
     assert answer_tokens(offsets[:4] + [None] * 3, 0, "Denver Broncos") == (0, 0)  # cut off: <s>
 
 
-def test_pad_batch_pads_inputs_and_labels():
-    b = pad_batch(
+def test_collate_pads_inputs_and_labels():
+    b = collate(
         [{"input_ids": [0, 5, 2], "labels": [-100, 3, -100]}, {"input_ids": [0, 2], "labels": [-100, -100]}],
         1,
     )
     assert b["input_ids"].tolist() == [[0, 5, 2], [0, 2, 1]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert b["labels"].tolist() == [[-100, 3, -100], [-100, -100, -100]]
-    b = pad_batch([{"input_ids": [0, 2], "labels": 1}], 1)
+    b = collate([{"input_ids": [0, 2], "labels": 1}], 1)
     assert b["labels"].tolist() == [1]
+    b = collate(
+        [{"input_ids": [0, 2], "token_type_ids": [0, 0]}, {"input_ids": [0], "token_type_ids": [0]}], 1
+    )
+    assert b["token_type_ids"].tolist() == [[0, 0], [0, 0]]  # token types pad with 0
+    with pytest.raises(KeyError, match="no padding value for 'spans'"):
+        collate([{"input_ids": [0, 2], "spans": [1, 2]}], 1)
 
 
 def test_read_parallel_pairs_lines_and_names_misalignment(tmp_path):
@@ -220,7 +212,7 @@ def test_translation_features_shift_the_target_by_one(tokenizer):
     (long,) = translation_features(tokenizer, [Pair("word " * 50, "Wort " * 50, 1)], 16)
     assert len(long["input_ids"]) == 16 and len(long["decoder_input_ids"]) == 16  # the decoder's positions
     assert long["decoder_input_ids"][0] == 0 and long["labels"][-1] == 2
-    batch = seq2seq_batch([f, long], pad_id=1)
+    batch = collate([f, long], pad_id=1)
     assert batch["input_ids"].shape == (2, 16) and batch["decoder_input_ids"].shape == (2, 16)
     n = len(f["labels"])
     assert batch["decoder_input_ids"][0, n:].eq(1).all() and batch["labels"][0, n:].eq(-100).all()
@@ -329,7 +321,9 @@ def test_finetune_and_evaluate_classify(tmp_path, tiny_model, sst2, capsys):
     assert shown == pytest.approx({"accuracy": last["eval_accuracy"], "macro_f1": last["eval_macro_f1"]})
     int8 = json.loads(run_cli(["evaluate", "classify", "--model", str(out / "last"), "--data", str(sst2[1]),
                                "--text-column", "sentence", "--dtype", "int8", "--json"], capsys))  # fmt: skip
-    assert int8["accuracy"] == pytest.approx(shown["accuracy"], abs=0.02)  # what int8 costs: a little, if anything
+    assert int8["accuracy"] == pytest.approx(
+        shown["accuracy"], abs=0.02
+    )  # what int8 costs: a little, if anything
 
 
 def test_finetune_and_evaluate_ner(tmp_path, tiny_model, conll, capsys):

@@ -11,18 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from roberta.config import RobertaConfig
-from roberta.fast import (
+from roberta.heads import RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification
+from roberta.model import RobertaModel
+from roberta.packing import (
     Packing,
     Subset,
     _repadded_subset_attention,
+    pack,
     packed_attention,
-    pad,
     subset_attention,
-    token_budget_batches,
-    unpad,
+    unpack,
 )
-from roberta.heads import RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification
-from roberta.model import RobertaModel
 
 TOL = 1e-5
 VOCAB = 97
@@ -82,18 +81,18 @@ def test_packing_by_hand():
     assert (p.batch_size, p.seq_len, p.num_rows) == (4, 4, 14)
 
 
-def test_unpad_pad_round_trip():
-    """pad(unpad(x)) == x when a row's padding positions agree (as padding embeddings do);
+def test_pack_unpack_round_trip():
+    """unpack(pack(x)) == x when a row's padding positions agree (as padding embeddings do);
     otherwise every padding position gets the row's first one."""
     real = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]).bool()
     x = torch.randn(3, 5, 6)
     x[0, 4] = x[0, 3]
     x[1, 1] = x[1, 0]
     p = Packing.from_mask(real)
-    assert unpad(x, p).shape == (13, 6)  # 11 real tokens + 2 slots
-    assert torch.equal(pad(unpad(x, p), p), x)
+    assert pack(x, p).shape == (13, 6)  # 11 real tokens + 2 slots
+    assert torch.equal(unpack(pack(x, p), p), x)
     x[0, 4] = 7.0
-    back = pad(unpad(x, p), p)
+    back = unpack(pack(x, p), p)
     assert torch.equal(back[0, 4], x[0, 3]) and torch.equal(back[1:], x[1:])
 
 
@@ -101,7 +100,7 @@ def masked_sdpa(qkv: torch.Tensor, mask: torch.Tensor, p: Packing) -> torch.Tens
     """The plain path: SDPA on the padded batch, padding keys masked, then packed. (N, nh * hs)"""
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bool()[:, None, None, :])
-    return unpad(ref.transpose(1, 2).flatten(2), p)  # padding slots included
+    return pack(ref.transpose(1, 2).flatten(2), p)  # padding slots included
 
 
 def test_packed_attention_equals_masked_sdpa_at_every_row():
@@ -110,7 +109,7 @@ def test_packed_attention_equals_masked_sdpa_at_every_row():
     B, T = mask.shape
     qkv = torch.randn(B, T, 3, 4, 8)
     ref = masked_sdpa(qkv, mask, p)
-    packed = unpad(qkv, p)  # (N, 3, nh, hs)
+    packed = pack(qkv, p)  # (N, 3, nh, hs)
     every_row = Subset(torch.arange(p.num_rows), p.sizes)
     assert (packed_attention(packed, p) - ref).abs().max() < TOL
     assert (
@@ -136,27 +135,14 @@ def test_subset_attention_equals_masked_sdpa_at_its_rows():
     want = torch.rand(mask.shape, generator=g) < 0.3
     want[2] = False  # a sequence with no wanted position
     sub = p.rows_of(want)
-    qkv = unpad(torch.randn(*mask.shape, 3, 4, 8, generator=g), p)  # (N, 3, nh, hs)
-    ref = masked_sdpa(pad(qkv, p), mask, p).index_select(0, sub.indices)  # (M, nh * hs)
+    qkv = pack(torch.randn(*mask.shape, 3, 4, 8, generator=g), p)  # (N, 3, nh, hs)
+    ref = masked_sdpa(unpack(qkv, p), mask, p).index_select(0, sub.indices)  # (M, nh * hs)
     q, kv = qkv[:, 0].index_select(0, sub.indices), qkv[:, 1:]
     assert ref.shape[0] == int(want.sum()) > 0
     assert (subset_attention(q, kv, p, sub) - ref).abs().max() < TOL
     assert (_repadded_subset_attention(q, kv, p, sub, 0.0) - ref).abs().max() < TOL
     none = p.rows_of(torch.zeros_like(want))
     assert subset_attention(q[:0], kv, p, none).shape == (0, 32)
-
-
-def test_token_budget_batches():
-    lengths = [5, 30, 8, 30, 12, 2, 40, 7]
-    plan = token_budget_batches(lengths, max_tokens=64, max_batch_size=3)
-    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
-    for b in plan:
-        assert len(b) <= 3
-        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 64
-    assert [lengths[b[0]] for b in plan] == sorted((lengths[b[0]] for b in plan), reverse=True)
-    assert token_budget_batches([100, 3], max_tokens=10) == [[0], [1]]  # too long: alone
-    with pytest.raises(ValueError, match="max_tokens"):
-        token_budget_batches([3], max_tokens=0)
 
 
 # ---- the model ---------------------------------------------------------------------------------

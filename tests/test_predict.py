@@ -1,4 +1,4 @@
-"""Task inference (roberta.predict) and its CLI, against transformers.
+"""Task inference (roberta/tasks/, on roberta.predict's base) and its CLI, against transformers.
 
 Tiny random-weight transformers checkpoints with the real roberta-base vocabulary (so both sides
 tokenize alike) are saved once per module, with tokenizer files. Random weights give arbitrary but
@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from roberta.cli import main
-from roberta.predict import Classifier, Embedder, FillMask, QuestionAnswerer, Tagger, length_sorted_batches
+from roberta.predict import length_sorted_batches, token_budget_batches
+from roberta.tasks import Classifier, Embedder, FillMask, QuestionAnswerer, Tagger
 from roberta.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -225,7 +226,7 @@ def test_tag_matches_transformers_ner_pipeline_first_strategy(tiny, load, data_d
 
 def test_tag_words_and_grouping_by_hand(load):
     """B- starts an entity, I- of the same type continues it, O ends it; offsets cut the word."""
-    from roberta.predict import group_entities, words_of
+    from roberta.tasks.ner import group_entities, words_of
 
     text = "New  York-based U.S. firm"
     tok = load(Tagger, "ner").tokenizer
@@ -373,6 +374,19 @@ def test_length_sorted_batches_cover_every_index_once():
 # ---- long input: truncated with a warning, never an error --------------------------------------
 
 
+def test_token_budget_batches():
+    lengths = [5, 30, 8, 30, 12, 2, 40, 7]
+    plan = token_budget_batches(lengths, max_tokens=64, max_batch_size=3)
+    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+    for b in plan:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 64
+    assert [lengths[b[0]] for b in plan] == sorted((lengths[b[0]] for b in plan), reverse=True)
+    assert token_budget_batches([100, 3], max_tokens=10) == [[0], [1]]  # too long: alone
+    with pytest.raises(ValueError, match="max_tokens"):
+        token_budget_batches([3], max_tokens=0)
+
+
 def test_long_input_is_truncated_with_a_warning(tiny, load, hf_tokenizer):
     clf = load(Classifier, "single")
     with pytest.warns(UserWarning, match="longer than the model's 512 tokens were truncated"):
@@ -451,7 +465,15 @@ def test_cli_fill_mask_and_classify(tiny, load, capsys, tmp_path):
     expected = load(Classifier, "single").classify(["good film", "bad film"])
     assert [r["label"] for r in records] == [r["label"] for r in expected]
     code, out, _ = run_cli(
-        capsys, "classify", "--file", tmp_path / "texts.txt", "--model", tiny["single"], "--dtype", "int8", "--json"
+        capsys,
+        "classify",
+        "--file",
+        tmp_path / "texts.txt",
+        "--model",
+        tiny["single"],
+        "--dtype",
+        "int8",
+        "--json",
     )
     int8 = [json.loads(line) for line in out.splitlines()]
     for got, want in zip(int8, expected):
@@ -513,8 +535,10 @@ def test_cli_bad_input_is_one_clear_line(tiny, capsys, tmp_path):
     assert code == 2 and "missing.txt" in err
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "oops"}\n', encoding="utf-8")
     code, _, err = run_cli(capsys, "embed", "--jsonl", tmp_path / "bad.jsonl", "--model", tiny["mlm"])
-    assert code == 2 and "bad.jsonl:2 has no field 'text'" in err
+    assert code == 2 and "bad.jsonl line 2 has no field 'text'" in err and "--field" in err
     code, _, err = run_cli(capsys, "qa", "--question", "Who?", "--model", tiny["qa"])
     assert code == 2 and "--context" in err
-    code, _, err = run_cli(capsys, "embed", "a text", "--model", tiny["mlm"], "--dtype", "int8", "--device", "cuda")
+    code, _, err = run_cli(
+        capsys, "embed", "a text", "--model", tiny["mlm"], "--dtype", "int8", "--device", "cuda"
+    )
     assert code == 2 and "int8 runs on the CPU only" in err

@@ -12,12 +12,13 @@ import copy
 
 import pytest
 import torch
+from tests.test_packing import TOL, batch, padded_forward, tiny_config
 from torch import nn
 
 from roberta import RobertaForSequenceClassification
 from roberta.model import RobertaModel
+from roberta.predict import load_for_inference
 from roberta.quantize import Int8Linear, quantize_int8
-from tests.test_fast import TOL, batch, padded_forward, tiny_config
 
 
 def reference(linear: Int8Linear, x: torch.Tensor) -> torch.Tensor:
@@ -114,11 +115,13 @@ def test_int8_is_for_inference_on_cpu_in_fp32(pair, tmp_path):
     with pytest.raises(ValueError, match="no Transformer layers"):
         quantize_int8(nn.Sequential(nn.Linear(4, 4)))
     model.save_pretrained(tmp_path)
-    loaded = RobertaModel.from_pretrained(tmp_path, dtype=torch.int8)
+    loaded = load_for_inference(RobertaModel, tmp_path, dtype=torch.int8, device="cpu")
     with torch.no_grad():
         assert torch.equal(loaded(ids, mask).last_hidden_state, q(ids, mask).last_hidden_state)
     with pytest.raises(ValueError, match="CPU only"):
-        RobertaModel.from_pretrained(tmp_path, dtype=torch.int8, device="cuda")
+        load_for_inference(RobertaModel, tmp_path, dtype=torch.int8, device="cuda")
+    with pytest.raises(ValueError, match="quantize_int8"):  # the checkpoint code knows nothing of int8
+        RobertaModel.from_pretrained(tmp_path, dtype=torch.int8)
     with pytest.raises(ValueError, match="save the fp32 model"):
         loaded.save_pretrained(tmp_path / "int8")
     assert not (tmp_path / "int8").exists()  # nothing half-written

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from roberta import RobertaConfig, RobertaForMaskedLM
+from roberta.predict import load_for_inference
 from roberta.seq2seq import EncoderDecoder
 
 transformers = pytest.importorskip("transformers")
@@ -123,7 +124,7 @@ def test_saved_checkpoint_loads_in_transformers(hf_model, tmp_path):
 
 @pytest.mark.parametrize("dtype", [None, torch.int8])  # int8 quantizes each token alone: still equal
 def test_cached_steps_equal_the_full_forward(hf_model, dtype):
-    ours = EncoderDecoder.from_pretrained(hf_model[1], dtype=dtype)
+    ours = load_for_inference(EncoderDecoder, hf_model[1], device="cpu", dtype=dtype)
     ids, mask = source()
     target = torch.randint(3, TINY["vocab_size"], (5, 6))
     with torch.no_grad():

@@ -30,9 +30,9 @@ from roberta.heads import (  # noqa: E402
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
 )
-from roberta.predict import Classifier, FillMask, QuestionAnswerer  # noqa: E402
 from roberta.seq2seq import EncoderDecoder  # noqa: E402
-from roberta.serve import PREDICTORS, Batcher, build_app, task_of  # noqa: E402
+from roberta.serve import Batcher, build_app  # noqa: E402
+from roberta.tasks import TASKS, Classifier, FillMask, QuestionAnswerer, task_of  # noqa: E402
 from roberta.tokenizer import Tokenizer  # noqa: E402
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -204,7 +204,7 @@ async def post_all(app, path: str, bodies: list[dict]) -> list:
 @pytest.mark.parametrize("task", ["fill-mask", "classify", "ner", "qa", "embed", "translate"])
 def test_concurrent_requests_are_batched_and_answered_as_the_python_api(checkpoints, task):
     folder = checkpoints["fill-mask" if task == "embed" else task]
-    predictor = PREDICTORS[task].from_pretrained(folder, device="cpu")
+    predictor = TASKS[task].predictor.from_pretrained(folder, device="cpu")
     app = build_app(predictor, task, str(folder), batch_size=32, max_wait_ms=200)
     bodies = requests_for(task)
     replies, info = asyncio.run(post_all(app, f"/{task}", bodies))
@@ -299,6 +299,6 @@ def test_roberta_serve_answers_over_http(checkpoints):
 def test_serve_with_an_unknown_task_is_one_clear_line(checkpoints, capsys):
     assert main(["serve", "--model", str(checkpoints["classify"]), "--task", "summarize"]) == 2
     assert (
-        "unknown task 'summarize'; choose one of fill-mask, classify, ner, qa, embed, translate"
+        "unknown task 'summarize'; choose one of fill-mask, classify, ner, qa, multiple-choice, embed, translate"
         in capsys.readouterr().err
     )
