@@ -133,28 +133,10 @@ def test_multiple_choice_learns_and_answers_from_cli_python_http_and_onnx(tmp_pa
     dev = write_jsonl(tmp_path / "dev.jsonl", choice_rows(30, seed=1))
     fields = ["--context-field", "question", "--choices-field", "options", "--label-field", "answer"]
     out = tmp_path / "run"
-    argv = [
-        "finetune",
-        "multiple-choice",
-        "--train",
-        str(train),
-        "--dev",
-        str(dev),
-        "--model",
-        str(tiny_model_dir),
-    ]
-    argv += [
-        "--out",
-        str(out),
-        "--epochs",
-        "8",
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "16",
-        "--no-progress",
-        *fields,
-    ]
+    argv = (
+        f"finetune multiple-choice --train {train} --dev {dev} --model {tiny_model_dir} --out {out}".split()
+    )
+    argv += ["--epochs", "4", "--lr", "3e-3", "--batch-size", "16", "--no-progress", *fields]
     assert main(argv) == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["best_metric"] >= 0.8  # chance is 1/3
