@@ -13,9 +13,21 @@ What it does, and where:
     run restarts at the exact batch, and `torchrun` with W ranks sees the same global batch as one
     process with A = W micro-batches (`micro_batch_indices`).
   - `out_dir/last/` and `out_dir/best/` are checkpoints in the HF layout (config.json +
-    model.safetensors) plus `trainer_state.pt` (optimizer, scheduler, step, RNG states), each written
-    into a temp folder and renamed into place (`save_checkpoint`), so a kill never leaves half of one.
-  - `out_dir/metrics.jsonl` (one JSON object per log or eval) and `out_dir/metrics.png` (curves).
+    model.safetensors) plus the trainer state: `trainer_state.json` (step, data position, schedule,
+    optimizer settings, the run's TrainConfig, Python/NumPy RNG states) and
+    `trainer_state.safetensors` (the optimizer's moments, torch RNG states). Loading them runs no
+    code (no pickle); an old `trainer_state.pt` is refused. Each checkpoint is written into a temp
+    folder, fsynced and renamed into place (`save_checkpoint`), so a kill or a power loss never
+    leaves half of one; a failed write (a full disk) is an OSError naming the folder, and the
+    previous checkpoint stays. `last/` is written every `save_every_minutes`, at the end, and on
+    SIGINT/SIGTERM (`_StopSignal`: the step finishes, last/ is saved, then the signal goes on to the
+    handler that was there before: KeyboardInterrupt for Ctrl-C, exit for SIGTERM by default).
+  - `out_dir/metrics.jsonl` (one JSON object per log or eval), `out_dir/metrics.png` (curves) and
+    `out_dir/train_config.json` (the settings of the latest start).
+  - One run per out_dir (`prepare_out_dir`): a folder holding a previous run is refused unless
+    `resume=True` (continue from last/; the settings that shape the run must be the checkpoint's,
+    `check_resumable`) or `cfg.overwrite` (delete the previous run's files first). Temp folders of
+    interrupted saves are deleted at the next start.
   - `torchrun`: the process group is set up from WORLD_SIZE/RANK (gloo on CPU, nccl on GPU); losses
     and throughput are summed over ranks; only rank 0 writes files.
 """
@@ -23,13 +35,16 @@ What it does, and where:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import math
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -40,12 +55,38 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from roberta.atomic import atomic_file, fsync_dir, fsync_tree, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = "trainer_state.json"  # the trainer state's plain values; its tensors are in TENSORS_FILE
+TENSORS_FILE = "trainer_state.safetensors"
+LEGACY_STATE_FILE = "trainer_state.pt"  # a pickle (loading it could run code): refused
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "train_config.json"
+# What train writes into out_dir, and so what counts as a previous run there (CONFIG_FILE alone does not).
+RUN_FILES = ("last", "best", METRICS_FILE, "metrics.png")
+# TrainConfig fields a resumed run must share with its checkpoint: they shape the schedule, the data
+# order or the update. The rest (max_minutes, eval_every, save_every_minutes, log_every, patience,
+# precision, num_workers, compile, progress, out_dir, overwrite) may change between starts;
+# grad_accum may change only with the number of processes, keeping the micro-batches per step.
+RESUME_MUST_MATCH = (
+    "lr",
+    "batch_size",
+    "max_steps",
+    "max_epochs",
+    "warmup_ratio",
+    "weight_decay",
+    "betas",
+    "eps",
+    "clip_norm",
+    "seed",
+    "early_stopping_metric",
+    "early_stopping_mode",
+)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 Batch = dict[str, torch.Tensor]
 
@@ -72,7 +113,7 @@ class TrainConfig:
     eps: float = 1e-6
     clip_norm: float | None = 1.0
     eval_every: int | None = None  # steps; None: at the end of each epoch
-    save_every_minutes: float | None = 10.0  # also saved at every eval and at the end
+    save_every_minutes: float | None = 10.0  # last/; also at the end and on SIGINT/SIGTERM
     log_every: int = 10
     seed: int = 0
     early_stopping_metric: str | None = None  # a key of eval_fn's dict, e.g. "accuracy"
@@ -82,6 +123,7 @@ class TrainConfig:
     num_workers: int = 0  # processes building micro-batches ahead of the step (0: built in the loop)
     compile: bool = False  # torch.compile the model for the training steps (minutes to start, then faster)
     progress: bool = True
+    overwrite: bool = False  # delete a previous run in out_dir (last/, best/, metrics) instead of refusing
 
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_epochs is None:
@@ -257,38 +299,219 @@ def save_checkpoint(
     state: dict[str, Any],
     save_extra: Callable[[Path], None] | None = None,
 ) -> None:
-    """Write model (HF layout) + trainer_state.pt into `folder`, atomically.
+    """Write model (HF layout) + the trainer state (`save_trainer_state`) into `folder`, atomically.
 
-    Everything goes into a temp folder beside it; then the old folder is renamed aside, the new one
-    renamed into place, and the old one deleted. `recover_checkpoint` undoes a kill between the two
-    renames, so `folder` is always either the old or the new checkpoint, complete.
+    Everything goes into a temp folder beside it and is fsynced; then the old folder is renamed
+    aside, the new one renamed into place, and the old one deleted. `recover_checkpoint` undoes a
+    kill between the two renames, so `folder` is always either the old or the new checkpoint,
+    complete. A failed write (OSError, or the RuntimeError torch gives on a full disk) is raised as
+    an OSError naming `folder`, and the old checkpoint is left as it was.
     """
     folder = Path(folder)
+    plain, tensors = split_tensors(state)  # before writing: a value JSON cannot hold is a bug, not the disk
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     try:
-        model.save_pretrained(tmp)
-        if save_extra is not None:
-            save_extra(tmp)
-        torch.save(state, tmp / STATE_FILE)
+        try:
+            model.save_pretrained(tmp)
+            if save_extra is not None:
+                save_extra(tmp)
+            save_file(tensors, tmp / TENSORS_FILE)
+            (tmp / STATE_FILE).write_text(json.dumps(plain), encoding="utf-8")
+            fsync_tree(tmp)
+        except (OSError, RuntimeError) as e:
+            raise checkpoint_write_error(folder, e) from e
         old = folder.parent / f".{folder.name}.old"
         if folder.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.rename(folder, old)
         os.rename(tmp, folder)
+        fsync_dir(folder.parent)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def checkpoint_write_error(folder: Path, e: BaseException) -> OSError:
+    full = isinstance(e, RuntimeError) or getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+    hint = " No space left on the device?" if full else ""
+    return OSError(
+        f"could not write the checkpoint {folder}: {type(e).__name__}: {e}.{hint} "
+        "The previous checkpoint there, if any, is unchanged."
+    )
+
+
 def recover_checkpoint(folder: Path) -> Path | None:
     """`folder` if it holds a checkpoint, after undoing an interrupted save; else None."""
     folder = Path(folder)
     old = folder.parent / f".{folder.name}.old"
-    if not folder.exists() and (old / STATE_FILE).exists():
+    if not folder.exists() and ((old / STATE_FILE).exists() or (old / LEGACY_STATE_FILE).exists()):
         os.rename(old, folder)  # killed between the two renames: the old checkpoint is whole
     return folder if (folder / STATE_FILE).exists() else None
+
+
+def load_trainer_state(folder: str | os.PathLike) -> dict[str, Any]:
+    """The trainer state saved in `folder`, read from JSON and safetensors only: nothing is unpickled,
+    so a crafted run folder can run no code. An old pickled trainer_state.pt is refused."""
+    folder = Path(folder)
+    if not (folder / STATE_FILE).exists() and (folder / LEGACY_STATE_FILE).exists():
+        raise ValueError(
+            f"{folder / LEGACY_STATE_FILE} is a trainer state in the old pickle format, which can run "
+            "any code when loaded, so it is not loaded. Start the run again (--overwrite), or resume it "
+            "with the version of roberta that wrote it if you trust the file."
+        )
+    plain = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    tensors = load_file(folder / TENSORS_FILE) if (folder / TENSORS_FILE).exists() else {}
+    return join_tensors(plain, tensors)
+
+
+def split_tensors(obj: Any, key: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    """(obj as JSON values, its tensors by dotted key). Tensors become {"__tensor__": key}; tuples,
+    int-keyed dicts (the optimizer's state) and NumPy arrays (its RNG state) are tagged so that
+    `join_tensors` gives them back as they were."""
+    tensors: dict[str, torch.Tensor] = {}
+    return _plain(obj, key, tensors), tensors
+
+
+def _plain(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    def sub(k: Any) -> str:
+        return f"{key}.{k}" if key else str(k)
+
+    if torch.is_tensor(obj):
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": obj.dtype.str}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_plain(v, sub(i), tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_plain(v, sub(i), tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        items = {str(k): _plain(v, sub(k), tensors) for k, v in obj.items()}
+        if all(isinstance(k, str) for k in obj):
+            return items
+        if all(isinstance(k, int) and not isinstance(k, bool) for k in obj):
+            return {"__intkeys__": items}
+    elif obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"the trainer state cannot hold {type(obj).__name__} (at {key!r})")
+
+
+def join_tensors(plain: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of `split_tensors`."""
+    if isinstance(plain, list):
+        return [join_tensors(v, tensors) for v in plain]
+    if not isinstance(plain, dict):
+        return plain
+    if "__tensor__" in plain:
+        return tensors[plain["__tensor__"]]
+    if "__tuple__" in plain:
+        return tuple(join_tensors(v, tensors) for v in plain["__tuple__"])
+    if "__ndarray__" in plain:
+        return np.array(plain["__ndarray__"], dtype=np.dtype(plain["dtype"]))
+    if "__intkeys__" in plain:
+        return {int(k): join_tensors(v, tensors) for k, v in plain["__intkeys__"].items()}
+    return {k: join_tensors(v, tensors) for k, v in plain.items()}
+
+
+# ---- the run folder -------------------------------------------------------------------------------
+
+
+def previous_run(out: Path) -> list[str]:
+    """The files of a previous run in `out` (of RUN_FILES)."""
+    return [name for name in RUN_FILES if (Path(out) / name).exists()]
+
+
+def stale_files(out: Path) -> list[Path]:
+    """What interrupted writes left in `out`: temp folders of checkpoint saves (.last.tmp-*), the old
+    copy of a checkpoint whose new one is in place (.last.old), temp files of metrics and config."""
+    out = Path(out)
+    patterns = (".last.tmp-*", ".best.tmp-*", ".metrics*.tmp", ".metrics.tmp.png", f".{CONFIG_FILE}.*.tmp")
+    found = {path for pattern in patterns for path in out.glob(pattern)}
+    for name in ("last", "best"):
+        if (out / name).exists() and (out / f".{name}.old").exists():
+            found.add(out / f".{name}.old")
+    return sorted(found)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Make `out` ready for one run: finish or delete what interrupted writes left, then refuse to mix
+    two runs. `resume`: out/last must hold a checkpoint, unless `out` holds no previous run at all
+    (then the run starts fresh, with a warning). Else a previous run is refused, or deleted with
+    `overwrite` (only the files train writes: RUN_FILES and CONFIG_FILE)."""
+    out = Path(out)
+    if resume and overwrite:
+        raise ValueError("resume continues the run in out_dir and overwrite deletes it: choose one")
+    if out.exists():
+        for name in ("last", "best"):
+            recover_checkpoint(out / name)
+        for path in stale_files(out):
+            logger.info("deleting %s, left by an interrupted write", path)
+            _remove(path)
+    previous, last = previous_run(out), out / "last"
+    if resume:
+        if not ((last / STATE_FILE).exists() or (last / LEGACY_STATE_FILE).exists()):
+            if previous:
+                raise FileNotFoundError(
+                    f"cannot resume: {last} holds no checkpoint, but {out} holds a previous run "
+                    f"({', '.join(previous)}). Pass --overwrite (TrainConfig.overwrite=True) to start "
+                    "it again, or choose another --out."
+                )
+            logger.warning("resume: %s holds no previous run, so this one starts fresh", out)
+    elif previous:
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} already holds a run ({', '.join(previous)}): pass --resume (train(resume=True)) "
+                "to continue it, or --overwrite (TrainConfig.overwrite=True) to delete it and start again"
+            )
+        logger.warning("overwrite: deleting the previous run in %s (%s)", out, ", ".join(previous))
+        for name in (*RUN_FILES, CONFIG_FILE):
+            _remove(out / name)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def check_resumable(
+    state: dict[str, Any], cfg: TrainConfig, world: int, steps_per_epoch: int, folder: Path
+) -> None:
+    """Refuse to continue a checkpoint's `state` under settings that would make it another run: each
+    field of RESUME_MUST_MATCH, the micro-batches per step (grad_accum x processes) and the optimizer
+    steps per epoch (the data's size: the epoch is step // steps_per_epoch, so it can never go back)."""
+    saved, now = state.get("train_config") or {}, dataclasses.asdict(cfg)
+
+    def same(a: Any, b: Any) -> bool:
+        return (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
+
+    diffs = [
+        f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
+        for k in RESUME_MUST_MATCH
+        if k in saved and not same(saved[k], now[k])
+    ]
+    saved_world = state.get("world_size", 1)
+    if "grad_accum" in saved and saved["grad_accum"] * saved_world != cfg.grad_accum * world:
+        diffs.append(
+            f"grad_accum x processes: {saved['grad_accum']} x {saved_world} in the checkpoint, "
+            f"{cfg.grad_accum} x {world} now"
+        )
+    saved_steps = state.get("steps_per_epoch")
+    if saved_steps is not None and saved_steps != steps_per_epoch:
+        diffs.append(
+            f"optimizer steps per epoch (the data): {saved_steps} in the checkpoint, {steps_per_epoch} now"
+        )
+    if diffs:
+        raise ValueError(
+            f"cannot resume {folder}: these settings differ from the run it continues: {'; '.join(diffs)}. "
+            "Resume with the run's settings, or start a new run (--overwrite, or another --out)."
+        )
 
 
 def rng_states() -> dict[str, Any]:
@@ -330,11 +553,7 @@ def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
 def truncate_metrics(out_dir: Path, step: int) -> None:
     """Drop records after `step` (written by a run that was killed before its next checkpoint)."""
     keep = [r for r in read_metrics(out_dir) if r.get("step", 0) <= step]
-    text = "".join(json.dumps(r) + "\n" for r in keep)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".metrics.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, out_dir / METRICS_FILE)
+    write_text_atomic(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def _constant(records: list[dict[str, Any]], key: str) -> bool:
@@ -369,10 +588,11 @@ def plot_metrics(out_dir: str | os.PathLike) -> Path | None:
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     path = Path(out_dir) / "metrics.png"
-    tmp = path.with_name(".metrics.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -394,7 +614,7 @@ def count_tokens(batch: Batch) -> int:
 class TrainResult:
     step: int
     epoch: int
-    stopped_by: str  # "max_steps" | "max_epochs" | "max_minutes" | "early_stopping"
+    stopped_by: str  # "max_steps" | "max_epochs" | "max_minutes" | "early_stopping" | "interrupted"
     best_metric: float | None
     last_eval: dict[str, float] | None
     elapsed_s: float
@@ -439,6 +659,7 @@ class Trainer:
         self.last_eval: dict[str, float] | None = None
         self._ahead: Iterator[Batch] | None = None
         self._plotted = time.monotonic()
+        self.stop = _StopSignal()  # `train` installs it for the run: SIGINT/SIGTERM set stop.signum
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.dist.world == 1:
@@ -463,6 +684,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_states(),
             "world_size": self.dist.world,
+            "steps_per_epoch": self.steps_per_epoch,
             "train_config": dataclasses.asdict(self.cfg),
         }
 
@@ -471,18 +693,42 @@ class Trainer:
         self.best, self.bad_evals = state["best"], state["bad_evals"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and self.scaler.is_enabled():  # empty: saved without fp16 (another precision)
+            self.scaler.load_state_dict(state["scaler"])
         set_rng_states(state["rng"])
 
-    def resume(self, folder: str | os.PathLike | None = None) -> bool:
-        """Load weights and trainer state from `folder` (default out_dir/last). False if none."""
-        found = recover_checkpoint(Path(folder) if folder else self.out / "last")
-        if found is None:
-            return False
-        from safetensors.torch import load_file
+    def start(self, resume: bool) -> None:
+        """Before `run`: rank 0 readies out_dir (`prepare_out_dir`; every rank stops if it refuses),
+        then, with `resume`, every rank loads out_dir/last; rank 0 records the settings."""
+        error: BaseException | None = None
+        if self.dist.main:
+            try:
+                prepare_out_dir(self.out, resume, self.cfg.overwrite)
+            except (OSError, ValueError) as e:
+                error = e
+        if all_sum([float(error is not None)], self.dist)[0] > 0:  # also the barrier before reading last/
+            raise error or RuntimeError(f"rank 0 refused to train into {self.out}; see its error")
+        if resume:
+            self.resume()
+        if self.dist.main:
+            config = {**dataclasses.asdict(self.cfg), "world_size": self.dist.world}
+            write_text_atomic(self.out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
+    def resume(self, folder: str | os.PathLike | None = None) -> bool:
+        """Load weights and trainer state from `folder` (default out_dir/last). False if none.
+
+        Nothing is unpickled (`load_trainer_state`); settings that differ from the checkpoint's
+        run are refused (`check_resumable`)."""
+        folder = Path(folder) if folder else self.out / "last"
+        found = recover_checkpoint(folder)
+        if found is None:
+            if (folder / LEGACY_STATE_FILE).exists():
+                load_trainer_state(folder)  # raises: the old pickle format
+            return False
+        state = load_trainer_state(found)
+        check_resumable(state, self.cfg, self.dist.world, self.steps_per_epoch, found)
         self.model.load_hf_state_dict(load_file(found / "model.safetensors"), source=str(found))
-        self.load_state_dict(torch.load(found / STATE_FILE, map_location="cpu", weights_only=False))
+        self.load_state_dict(state)
         if self.dist.main:
             truncate_metrics(self.out, self.step)
         logger.info("resumed from %s at step %d", found, self.step)
@@ -607,7 +853,11 @@ class Trainer:
         if cfg.patience is not None and self.bad_evals >= cfg.patience:
             return "early_stopping"
         out_of_time = cfg.max_minutes is not None and self.elapsed() >= 60 * cfg.max_minutes
-        if all_sum([float(out_of_time)], self.dist)[0] > 0:  # every rank stops together
+        interrupted = self.stop.signum is not None
+        out_of_time, interrupted = all_sum([float(out_of_time), float(interrupted)], self.dist)
+        if interrupted > 0:  # a signal on any rank: every rank stops together
+            return "interrupted"
+        if out_of_time > 0:
             return "max_minutes"
         return None
 
@@ -644,7 +894,9 @@ class Trainer:
         return self._finish(reason)
 
     def _finish(self, reason: str) -> TrainResult:
-        if self.eval_fn is not None and (self.last_eval is None or not self.should_eval()):
+        """The last evaluation (not when interrupted: a SIGTERM leaves little time), last/, the plot."""
+        due = self.last_eval is None or not self.should_eval()
+        if self.eval_fn is not None and due and reason != "interrupted":
             self.evaluate()
         self.save("last")
         if self.dist.main:
@@ -723,6 +975,52 @@ class _Window:
         return out
 
 
+class _StopSignal:
+    """While entered (in the main thread): SIGINT and SIGTERM only set `signum`, and the loop stops
+    after its step. A second one restores the previous handlers and goes to them at once;
+    `pass_on` hands the first to them after the exit. Forked data workers inherit the handler and
+    ignore the signal: the main process ends them."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+        self.pid = os.getpid()
+
+    def __enter__(self) -> _StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(sig)
+                if handler not in (signal.SIG_IGN, None):  # None: set outside Python; leave it
+                    self.previous[sig] = handler
+                    signal.signal(sig, self._caught)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def _caught(self, signum: int, frame: object) -> None:
+        if os.getpid() != self.pid:
+            return
+        if self.signum is not None:
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        logger.warning(
+            "%s: stopping after this step and saving last/ (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    def pass_on(self) -> None:
+        if self.signum is not None:
+            signal.raise_signal(self.signum)
+
+
 def train(
     model: nn.Module,
     source: DataSource,
@@ -741,9 +1039,21 @@ def train(
             at the end. Called with the model in eval mode under torch.no_grad().
         loss_fn: (model, batch) -> scalar loss; default `model(**batch).loss`.
         save_extra: writes more files into each checkpoint folder (e.g. the tokenizer).
-        resume: continue from out_dir/last if it exists (same data position, RNG and schedule).
+        resume: continue from out_dir/last (same data position, RNG and schedule); an error if
+            out_dir holds a previous run but no last/ checkpoint, or if a setting that shapes the
+            run differs from the checkpoint's (`check_resumable`); a fresh start (with a warning)
+            if out_dir holds no run. Without it, an out_dir holding a previous run is refused
+            unless cfg.overwrite.
+
+    A SIGINT or SIGTERM during the run (main thread only) stops it after the current step; last/ is
+    saved, the previous handlers are put back, and the signal is handed to them: by default
+    KeyboardInterrupt for SIGINT, the process's end for SIGTERM. A second signal acts at once.
+    Signals that were ignored (SIG_IGN) stay ignored.
     """
     trainer = Trainer(model, source, cfg, eval_fn, loss_fn, save_extra)
-    if resume:
-        trainer.resume()
-    return trainer.run()
+    trainer.start(resume)
+    trainer.stop = _StopSignal()
+    with trainer.stop:
+        result = trainer.run()
+    trainer.stop.pass_on()
+    return result

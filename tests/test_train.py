@@ -171,7 +171,7 @@ def test_loss_goes_down_and_files_are_written(tmp_path):
     assert result.step == 40 and result.stopped_by == "max_steps"
     assert sum(curve[-2:]) / 2 < curve[0] - 0.1
     assert (tmp_path / "last" / "config.json").exists() and (tmp_path / "last" / T.STATE_FILE).exists()
-    state = torch.load(tmp_path / "last" / T.STATE_FILE, weights_only=False)
+    state = T.load_trainer_state(tmp_path / "last")
     assert state["step"] == 40 and state["step_in_epoch"] == 40 % 8
     pytest.importorskip("matplotlib")
     assert (tmp_path / "metrics.png").stat().st_size > 0
@@ -192,7 +192,7 @@ def test_resume_after_interruption_is_exact(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         T.train(tiny_model(), tiny_source(), config(cut, save_every_minutes=0), loss_fn=dies_at_step_4)
-    assert torch.load(cut / "last" / T.STATE_FILE, weights_only=False)["step"] == 3
+    assert T.load_trainer_state(cut / "last")["step"] == 3
     T.train(tiny_model(seed=1), tiny_source(), config(cut), resume=True)  # other init: resume must load
     assert max_diff(weights(whole / "last"), weights(cut / "last")) <= 1e-6
     assert losses(cut) == pytest.approx(losses(whole), abs=1e-6)
@@ -231,7 +231,7 @@ def test_early_stopping_keeps_the_best(tmp_path):
     cfg = config(tmp_path, max_steps=20, eval_every=2, early_stopping_metric="acc", patience=2)
     result = T.train(tiny_model(), tiny_source(), cfg, eval_fn=lambda m: {"acc": next(scores)})
     assert result.stopped_by == "early_stopping" and result.step == 8 and result.best_metric == 0.7
-    best = torch.load(tmp_path / "best" / T.STATE_FILE, weights_only=False)
+    best = T.load_trainer_state(tmp_path / "best")
     assert best["step"] == 4
     evals = [r["eval_acc"] for r in T.read_metrics(tmp_path) if "eval_acc" in r]
     assert evals == [0.5, 0.7, 0.6, 0.65]
@@ -257,12 +257,12 @@ def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
     def dies(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(T.torch, "save", dies)  # the model files are written, then the state fails
-    with pytest.raises(OSError):
+    monkeypatch.setattr(T, "save_file", dies)  # the model files are written, then the state fails
+    with pytest.raises(OSError, match="could not write the checkpoint .*last.*disk full"):
         T.save_checkpoint(tmp_path / "last", model, {"step": 2})
     monkeypatch.undo()
     assert max_diff(before, weights(tmp_path / "last")) == 0
-    assert torch.load(tmp_path / "last" / T.STATE_FILE, weights_only=False)["step"] == 1
+    assert T.load_trainer_state(tmp_path / "last")["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
 
 
@@ -282,7 +282,7 @@ def test_kill_between_the_renames_is_recovered(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert not (tmp_path / "last").exists()
     assert T.recover_checkpoint(tmp_path / "last") == tmp_path / "last"
-    assert torch.load(tmp_path / "last" / T.STATE_FILE, weights_only=False)["step"] == 1
+    assert T.load_trainer_state(tmp_path / "last")["step"] == 1
 
 
 SAVE_LOOP = """
@@ -314,7 +314,7 @@ def test_sigkill_during_saves_never_leaves_a_half_checkpoint(tmp_path):
         proc.wait()
         folder = T.recover_checkpoint(out / "last")
         assert folder is not None
-        state = torch.load(folder / T.STATE_FILE, weights_only=False)
+        state = T.load_trainer_state(folder)
         assert state["step"] >= 1 and state["pad"].numel() == 200_000
         assert max_diff(weights(folder), tiny_model().hf_state_dict()) == 0
         json.loads((folder / "config.json").read_text())
@@ -366,7 +366,7 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     proc.wait()
     saved = T.recover_checkpoint(cut / "last")
     assert saved is not None, "the run was killed before its first checkpoint"
-    step = torch.load(saved / T.STATE_FILE, weights_only=False)["step"]
+    step = T.load_trainer_state(saved)["step"]
     assert 1 <= step < 12, "the kill should land mid-run"
     subprocess.run([sys.executable, str(script), str(cut), "4", "1", "12"], env=_env(), check=True)
     assert uninterrupted.wait() == 0
@@ -390,7 +390,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert single.wait() == 0
     assert losses(two) == pytest.approx(losses(one), abs=1e-4) and len(losses(two)) == 5
     assert max_diff(weights(one / "last"), weights(two / "last")) <= 1e-4
-    assert torch.load(two / "last" / T.STATE_FILE, weights_only=False)["world_size"] == 2
+    assert T.load_trainer_state(two / "last")["world_size"] == 2
 
 
 def test_config_of_saved_checkpoint_reloads(tmp_path):
