@@ -9,7 +9,7 @@
 Each request is a few texts; a forward pass is cheap per text only when it holds many. So requests
 are not run one by one: a single worker thread owns the model, takes the first waiting request,
 gathers every request that arrives within `max_wait_ms` (up to `max_batch_size` texts), and answers
-them all with one call of the task's predictor (`roberta/predict.py`), which sorts the texts by
+them all with one call of the task's predictor (`roberta/tasks/`), which sorts the texts by
 length into forward passes. Results are the ones the Python API gives for each request alone
 (`tests/test_serve.py`), whatever else shared its batch.
 
