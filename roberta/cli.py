@@ -13,12 +13,27 @@ import sys
 from roberta.hub import DEFAULT_MODEL
 
 
+def positive_int(value: str) -> int:
+    """argparse type: an integer of at least 1 (a batch size of 0 is refused here, by name)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help=f"a checkpoint folder, a built-in model name or a Hub id (default: {DEFAULT_MODEL}, built in)",
     )
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _load_model(name: str, cls=None):
@@ -36,7 +51,7 @@ def add_encode(sub) -> None:
     p.add_argument("text")
     _model_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--values", type=int, default=8, help="how many hidden values to print")
+    p.add_argument("--values", type=positive_int, default=8, help="how many hidden values to print")
     p.set_defaults(func=run_encode)
 
 
@@ -44,7 +59,10 @@ def run_encode(args) -> None:
     import torch
 
     tok, model = _load_model(args.model)
-    batch = tok(args.text, truncation=True, max_length=model.config.max_length, return_tensors="pt")
+    limit = min(model.config.max_length, tok.model_max_length)
+    batch = tok(args.text, truncation=True, max_length=limit, return_tensors="pt")
+    if batch.encodings[0].overflowing:
+        _warn(f"the text is longer than the model's {limit} tokens; only the first {limit} were encoded")
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     ids = batch["input_ids"][0].tolist()
@@ -113,14 +131,14 @@ def add_pretrain(sub) -> None:
     )
     p.add_argument("--out", required=True, help="run folder: last/, best/, metrics.jsonl, metrics.png")
     p.add_argument("--max-minutes", type=float, help="stop after this much wall-clock time")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (the schedule's length)")
+    p.add_argument("--max-steps", type=positive_int, help="optimizer steps (the schedule's length)")
     p.add_argument("--epochs", type=float, help="passes over the corpus, if --max-steps is not given")
-    p.add_argument("--batch-size", type=int, default=64, help="blocks per micro-batch per process")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="blocks per micro-batch per process")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate")
     p.add_argument("--warmup-ratio", type=float, default=0.06, help="share of steps spent warming up")
     p.add_argument("--max-length", type=int, help="tokens per block (default: what the config holds)")
-    p.add_argument("--eval-every", type=int, default=500, help="evaluate on --heldout every N steps")
+    p.add_argument("--eval-every", type=positive_int, default=500, help="evaluate on --heldout every N steps")
     p.add_argument("--save-every-minutes", type=float, default=10.0, help="checkpoint interval")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--cache-dir", help="where tokenized corpora are cached (default ~/.cache/roberta/tokens)")
@@ -200,7 +218,7 @@ def add_evaluate_mlm(esub) -> None:
     _model_arg(p)
     p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="held-out UTF-8 text files")
     p.add_argument("--max-length", type=int, help="tokens per block (default: what the model holds)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=1234, help="seed of the (fixed) masks")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_evaluate_mlm)
@@ -246,13 +264,13 @@ def add_finetune(sub) -> None:
 
 def _finetune_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=3.0, help="passes over the training data (default 3)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps instead of --epochs")
+    p.add_argument("--max-steps", type=positive_int, help="optimizer steps instead of --epochs")
     p.add_argument("--max-minutes", type=float, help="stop after this much wall-clock time")
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per micro-batch per process")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="examples per micro-batch per process")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--max-length", type=int, help="tokens per input (default: what the model holds)")
-    p.add_argument("--eval-every", type=int, help="evaluate every N steps (default: each epoch)")
+    p.add_argument("--eval-every", type=positive_int, help="evaluate every N steps (default: each epoch)")
     p.add_argument("--patience", type=int, help="stop after N evaluations without a better dev score")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="processes building batches ahead (default 0)")
@@ -294,7 +312,7 @@ def add_evaluate_tasks(esub) -> None:
         p = esub.add_parser(task.name, help=task.evaluate_help)
         p.add_argument("--model", required=True, help="a fine-tuned checkpoint folder (e.g. OUT/best)")
         task.add_evaluate_arguments(p)
-        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--batch-size", type=positive_int, default=32)
         p.add_argument(
             "--dtype",
             choices=["fp32", "int8"],
@@ -337,7 +355,11 @@ def run_attention(args) -> None:
 
     tok, model = _load_model(args.model)
     attentions, tokens = model_attentions(model, tok, args.text, args.pair)
-    title = args.text if args.pair is None else f"{args.text}  |  {args.pair}"
+    from roberta.tasks.common import short
+
+    title = (
+        short(args.text, 80) if args.pair is None else f"{short(args.text, 40)}  |  {short(args.pair, 40)}"
+    )
     path = save_attention(args.out, attentions, tokens, layer=args.layer, head=args.head, title=title)
     L, nh = len(attentions), attentions[0].shape[1]
     print(f"attention of {len(tokens)} tokens ({L} layers x {nh} heads) written to {path}")
@@ -396,8 +418,10 @@ def _predictor_options(p: argparse.ArgumentParser) -> None:
     """--model, --device, --batch-size, --max-tokens, --dtype: how a task model is loaded and run."""
     _model_arg(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
-    p.add_argument("--max-tokens", type=int, help="also at most this many tokens (padded) per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default: 32)")
+    p.add_argument(
+        "--max-tokens", type=positive_int, help="also at most this many tokens (padded) per forward pass"
+    )
     p.add_argument(
         "--dtype",
         choices=["fp32", "bf16", "int8"],
@@ -422,15 +446,17 @@ def _dtype(name: str):
 def run_task(args) -> None:
     """Any task command: read the inputs, load the task's predictor, predict, print."""
     from roberta.tasks import get_task
+    from roberta.tasks.common import jsonl_extras
 
     task = get_task(args.task)
     items = task.inputs(args)
-    predictor = task.predictor.from_pretrained(args.model, **_predictor_args(args))
+    predictor = task.load(args.model, **_predictor_args(args))
     options = task.options(args)
     results = task.predict(predictor, items, options, args.batch_size)
-    if args.json:
-        for item, result in zip(items, results):
-            print(json.dumps(task.json_line(item, result), ensure_ascii=False))
+    if args.json:  # --jsonl rows keep their other fields (an id, ...)
+        extras = jsonl_extras(args, task.input_fields(args)) or [{}] * len(items)
+        for item, result, extra in zip(items, results, extras):
+            print(json.dumps({**extra, **task.json_line(item, result)}, ensure_ascii=False))
     else:
         task.show(items, results, options)
 
@@ -504,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roberta", description="RoBERTa from scratch: encode, tasks, training."
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_encode(sub)
     add_tokenizer(sub)
@@ -519,16 +546,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors a user can cause (bad input, a missing file or extra, a device or memory this machine
+# lacks): one line naming what to do. Anything else is our bug: one line, and the traceback
+# with --debug (or ROBERTA_DEBUG=1).
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError, MemoryError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or bool(os.environ.get("ROBERTA_DEBUG"))
+    where = f"roberta {args.command}"
     try:
         args.func(args)
-    except (ValueError, TypeError, OSError, ImportError) as e:  # bad input or a missing extra: one clear line
-        if os.environ.get("ROBERTA_DEBUG"):
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if debug:
             raise
-        print(f"roberta {args.command}: error: {e}", file=sys.stderr)
+        print(f"{where}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if debug:
+            raise
+        if _out_of_memory(e):
+            print(
+                f"{where}: error: out of memory ({_one_line(e)}); lower --batch-size or --max-tokens",
+                file=sys.stderr,
+            )
+            return 2
+        print(
+            f"{where}: internal error: {type(e).__name__}: {_one_line(e)}\n"
+            "This is a bug in roberta: rerun with --debug for the traceback and report it.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return text or type(e).__name__
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return "out of memory" in str(e).lower() or type(e).__name__ == "OutOfMemoryError"
 
 
 if __name__ == "__main__":

@@ -43,6 +43,30 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on: the one asked for, checked, else the GPU if there is one, else the CPU.
+
+    ValueError for a name torch does not know ("gpu") and for a device this machine lacks (cuda on a
+    CPU-only build or without a GPU, cuda:3 with two GPUs), saying what to pass instead."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device {device!r} is not one torch knows: use cpu, cuda, cuda:1, ... or mps"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"device {str(device)!r} is not available here ({why}): use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' is not available here: use --device cpu")
+    return device
+
+
 def as_text_list(texts: Any, name: str = "texts") -> tuple[list[str], bool]:
     """(the texts as a list, whether a single str was given); clear errors for anything else."""
     if isinstance(texts, str):
@@ -114,9 +138,7 @@ def load_for_inference(
 
     The one place where how a model runs is applied: predictors, `roberta evaluate` and the
     server all load through here."""
-    if dtype == torch.int8:
-        device = int8_device(device)
-    device = torch.device(device) if device is not None else default_device()
+    device = int8_device(device) if dtype == torch.int8 else resolve_device(device)
     return set_dtype(model_class.from_pretrained(name_or_path, device=device), dtype).eval()
 
 

@@ -80,7 +80,7 @@ class Int8Linear(nn.Module):
 
 def int8_device(device: str | torch.device | None) -> torch.device:
     """Where an int8 model runs: the CPU. ValueError if another device was asked for."""
-    if device is not None and torch.device(device).type != "cpu":
+    if device is not None and str(device).split(":")[0] != "cpu":
         raise ValueError(f"int8 runs on the CPU only (device {str(device)!r}); on a GPU use bf16")
     return torch.device("cpu")
 

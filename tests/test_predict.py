@@ -421,8 +421,13 @@ def test_bad_input_is_a_clear_error(load):
     fm = load(FillMask, "mlm")
     with pytest.raises(ValueError, match=r"text #1 has no <mask>: put <mask> where"):
         fm.fill_mask(["a <mask>", "no mask here"])
-    with pytest.raises(ValueError, match="lies beyond the first 512 tokens"), pytest.warns(UserWarning):
+    with (
+        pytest.raises(ValueError, match="1 of its 1 <mask> lie beyond the first 512 tokens"),
+        pytest.warns(UserWarning),
+    ):
         fm.fill_mask(LONG + "<mask>")
+    with pytest.raises(ValueError, match="1 of its 2 <mask> lie beyond"), pytest.warns(UserWarning):
+        fm.fill_mask("The <mask> " + LONG + "<mask>")  # not one mask's result in place of two
     qa = load(QuestionAnswerer, "qa")
     with pytest.raises(ValueError, match="has no context"):
         qa.answer("Who?", "  ")

@@ -12,13 +12,13 @@ import copy
 
 import pytest
 import torch
-from tests.test_packing import TOL, batch, padded_forward, tiny_config
 from torch import nn
 
 from roberta import RobertaForSequenceClassification
 from roberta.model import RobertaModel
 from roberta.predict import load_for_inference
 from roberta.quantize import Int8Linear, quantize_int8
+from tests.test_packing import TOL, batch, padded_forward, tiny_config
 
 
 def reference(linear: Int8Linear, x: torch.Tensor) -> torch.Tensor:

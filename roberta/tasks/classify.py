@@ -252,6 +252,7 @@ class ClassifyTask(Task):
     predictor = Classifier
     architectures = ("RobertaForSequenceClassification",)
     onnx_outputs = ("logits",)
+    head_required = True
     finetune_help = "label texts: TSV/CSV/JSONL with a text and a label column"
     evaluate_help = "accuracy and macro-F1 on a labelled TSV/CSV/JSONL table"
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from roberta.architectures import saved_as
+from roberta.checkpoint import architectures
 from roberta.collate import Batch, pad_batch
 from roberta.config import RobertaConfig
 from roberta.heads import IGNORE_INDEX
@@ -53,6 +54,8 @@ class Task:
     # ONNX export: the graph's outputs (fields of the model's output); () = not exportable
     onnx_outputs: ClassVar[tuple[str, ...]] = ()
     onnx_axes: ClassVar[tuple[str, ...]] = ("batch", "length")  # the inputs' dimensions
+    # whether the task needs a checkpoint with its own head (a random head would answer otherwise)
+    head_required: ClassVar[bool] = False
     # fine-tuning: help of `roberta finetune <name>`; None = the task is not fine-tuned here
     finetune_help: ClassVar[str | None] = None
     evaluate_help: ClassVar[str | None] = None
@@ -63,6 +66,22 @@ class Task:
         return self.predictor.model_class
 
     # ---- `roberta <name>` ----------------------------------------------------------------------
+
+    def load(self, name_or_path: str | os.PathLike, **predictor_args: Any) -> Predictor:
+        """The task's predictor for a checkpoint (what the command and the server run). A task
+        that needs its own head refuses a checkpoint without one, rather than answer at random."""
+        if self.head_required and not saved_as(name_or_path, self.model_class):
+            raise ValueError(
+                f"{name_or_path} has no {self.model_class.__name__} head (its config.json names "
+                f"{', '.join(architectures(name_or_path)) or 'no architecture'}), so its {self.name} answers "
+                f"would come from random weights: fine-tune one with `roberta finetune {self.name}` and "
+                "pass --model OUT/best"
+            )
+        return self.predictor.from_pretrained(name_or_path, **predictor_args)
+
+    def input_fields(self, args: argparse.Namespace) -> set[str]:
+        """The --jsonl fields the inputs come from (the others are copied into --json output)."""
+        return {args.field}
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         """The command's inputs and task options (the predictor options are added by the CLI)."""
@@ -155,6 +174,25 @@ def field_of(row: dict, name: str, path: str | os.PathLike, line: int, flag: str
             f"{path} line {line} has no field {name!r} (it has {sorted(row)}); name it with {flag}"
         )
     return row[name]
+
+
+def jsonl_extras(args: argparse.Namespace, used: set[str]) -> list[dict[str, Any]] | None:
+    """For --jsonl input: each row's fields other than `used` (an id, metadata), to carry into the
+    --json output; None for other inputs."""
+    if getattr(args, "jsonl", None) is None:
+        return None
+    return [{k: v for k, v in row.items() if k not in used} for _, row in read_jsonl(Path(args.jsonl))]
+
+
+def require(module: str, extra: str, what: str) -> None:
+    """ImportError saying how to install `module` (the `extra` of this package) unless it imports:
+    checked before any work starts, so a run does not fail after its first hour."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(
+            f'{what} needs the {module} package: pip install -e ".[{extra}]" (or pip install {module})'
+        )
 
 
 def short(text: str, width: int = 60) -> str:

@@ -265,6 +265,7 @@ class MultipleChoiceTask(Task):
     architectures = ("RobertaForMultipleChoice",)
     onnx_outputs = ("logits",)
     onnx_axes = ("batch", "choice", "length")
+    head_required = True
     finetune_help = "pick the right choice: JSON lines with a context, the choices and the right one's index"
     evaluate_help = "accuracy on JSON lines with a context, the choices and the right one's index"
 
@@ -288,6 +289,9 @@ class MultipleChoiceTask(Task):
         if args.context is None or not args.choice or len(args.choice) < 2:
             raise ValueError("give --context TEXT and two or more --choice TEXT (or --jsonl FILE)")
         return [(args.context, args.choice)]
+
+    def input_fields(self, args) -> set[str]:
+        return {"context", "choices"}
 
     def predict(self, predictor: MultipleChoice, items: list, options: dict, batch_size: int) -> list:
         return predictor.choose([c for c, _ in items], [o for _, o in items], batch_size=batch_size)

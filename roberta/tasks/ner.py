@@ -281,6 +281,7 @@ class NerTask(Task):
     predictor = Tagger
     architectures = ("RobertaForTokenClassification",)
     onnx_outputs = ("logits",)
+    head_required = True
     finetune_help = "tag words: CoNLL files (token first, IOB2 tag last, blank line between sentences)"
     evaluate_help = "entity precision, recall and F1 (seqeval's convention) on a CoNLL file"
 

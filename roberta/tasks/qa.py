@@ -422,6 +422,7 @@ class QaTask(Task):
     predictor = QuestionAnswerer
     architectures = ("RobertaForQuestionAnswering",)
     onnx_outputs = ("start_logits", "end_logits")
+    head_required = True
     finetune_help = "extractive question answering: SQuAD v1.1 JSON"
     evaluate_help = "SQuAD exact match and F1 on a SQuAD v1.1 JSON file"
 
@@ -460,6 +461,9 @@ class QaTask(Task):
             )
         context = args.context if args.context is not None else read_text(Path(args.context_file))
         return [(args.question, context)]
+
+    def input_fields(self, args) -> set[str]:
+        return {"question", "context"}
 
     def options(self, args) -> dict[str, Any]:
         return dict(

@@ -37,6 +37,7 @@ from roberta.tasks.common import (
     load_finetuned,
     max_length_for,
     read_text,
+    require,
     run_finetuning,
     short,
 )
@@ -115,6 +116,7 @@ def finetune_translation(
     or an encoder-decoder checkpoint (training continues). The dev pairs are translated with
     num_beams beams (1: greedy, fast) at each evaluation and scored by BLEU, which picks best/.
     """
+    require("sacrebleu", "translate", "scoring translations (BLEU, chrF)")
     train_pairs, dev_pairs = read_parallel(*train_files), read_parallel(*dev_files)
     tokenizer = Tokenizer.from_pretrained(model)
     seed_everything(cfg.seed)  # cross-attention's initial weights
@@ -144,6 +146,7 @@ def evaluate_translation(
 ) -> dict[str, float]:
     """BLEU and chrF of an encoder-decoder checkpoint on line-aligned files; the translations go
     to output_file (one per line) if given."""
+    require("sacrebleu", "translate", "scoring translations (BLEU, chrF)")
     tokenizer, net = load_finetuned(model, EncoderDecoder, device, dtype)
     scores, hypotheses = translation_scores(
         net, tokenizer, read_parallel(source_file, target_file), batch_size, num_beams
@@ -189,6 +192,7 @@ class TranslateTask(Task):
     help = "translate texts (an encoder-decoder from `roberta finetune translate`)"
     predictor = Translator
     architectures = ("EncoderDecoderModel",)
+    head_required = True
     finetune_help = "translation: line-aligned source and target text files"
     evaluate_help = "BLEU and chrF on line-aligned source and target files"
 
