@@ -93,13 +93,24 @@ def add_tokenizer(sub) -> None:
     t.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, specials included")
     t.add_argument("--min-frequency", type=int, default=2, help="fewest occurrences for a merge")
     t.add_argument("--out", required=True, help="folder to write vocab.json, merges.txt, tokenizer.json")
+    t.add_argument("--overwrite", action="store_true", help="replace a tokenizer or model already in --out")
     t.set_defaults(func=run_tokenizer_train)
 
 
 def run_tokenizer_train(args) -> None:
+    from pathlib import Path
+
+    from roberta.hub import TOKENIZER_FILES
     from roberta.pretrain import corpus_files
     from roberta.tokenizer import Tokenizer
 
+    out = Path(args.out)
+    present = sorted(f for f in ["config.json", *TOKENIZER_FILES] if (out / f).exists())
+    if present and not args.overwrite:
+        raise ValueError(
+            f"{out} already holds {', '.join(present)}: a new tokenizer would replace the one "
+            "those files belong to; choose another --out, or pass --overwrite"
+        )
     tok = Tokenizer.train(corpus_files(args.corpus), args.vocab_size, min_frequency=args.min_frequency)
     folder = tok.save_pretrained(args.out)
     print(f"tokenizer with {len(tok)} tokens written to {folder}")
@@ -144,9 +155,32 @@ def add_pretrain(sub) -> None:
     p.add_argument("--cache-dir", help="where tokenized corpora are cached (default ~/.cache/roberta/tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="processes building batches ahead (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
+    _run_folder_args(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start; for GPUs)")
     p.set_defaults(func=run_pretrain)
+
+
+def _run_folder_args(p: argparse.ArgumentParser) -> None:
+    """--resume and --overwrite: what to do with a run folder that already holds a run."""
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last")
+    p.add_argument("--overwrite", action="store_true", help="delete the run already in OUT and start again")
+
+
+def _check_out_apart_from(out: str, *inputs: str | None) -> None:
+    """ValueError if a run folder `out` holds one of the command's inputs: deleting or rewriting
+    its checkpoints would destroy what the run reads."""
+    from pathlib import Path
+
+    run = Path(out).expanduser().resolve()
+    for name in inputs:
+        if name is None or not Path(name).expanduser().exists():
+            continue  # a built-in name or Hub id is not inside a run folder
+        source = Path(name).expanduser().resolve()
+        if source == run or run in source.parents:
+            raise ValueError(
+                f"--out {out} holds the input {name}: the run would write over what it reads; "
+                "choose another --out (or copy the input elsewhere first)"
+            )
 
 
 def _config_arg(value: str):
@@ -179,7 +213,9 @@ def run_pretrain(args) -> None:
         seed=args.seed,
         num_workers=args.workers,
         compile=args.compile,
+        overwrite=args.overwrite,
     )
+    _check_out_apart_from(args.out, args.init_from, args.tokenizer, *args.corpus, *args.heldout)
     if args.init_from and (args.config or args.init != "roberta"):
         raise ValueError(
             "--init-from starts from a pretrained model's config and weights: drop --config/--init"
@@ -274,7 +310,10 @@ def _finetune_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, help="stop after N evaluations without a better dev score")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="processes building batches ahead (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
+    p.add_argument(
+        "--save-every-minutes", type=float, default=10.0, help="write OUT/last this often (default 10)"
+    )
+    _run_folder_args(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start; for GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -297,7 +336,11 @@ def run_finetune(args) -> None:
         num_workers=args.workers,
         compile=args.compile,
         progress=not args.no_progress,
+        save_every_minutes=args.save_every_minutes,
+        overwrite=args.overwrite,
     )
+    data = [f for files in (args.train, args.dev) for f in ([files] if isinstance(files, str) else files)]
+    _check_out_apart_from(args.out, args.model, *data)
     result = get_task(args.task).finetune(args, cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
         print(json.dumps({"best": f"{args.out}/best", "last": f"{args.out}/last", **vars(result)}))

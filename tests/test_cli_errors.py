@@ -29,7 +29,7 @@ def test_a_task_without_its_head_refuses_instead_of_answering_at_random(name, ca
     }.get(name, ["a gripping film"])
     code, out, err = run(capsys, name, *inputs)  # no --model: the built-in masked LM
     assert code == 2 and out == ""
-    assert f"has no {TASKS[name].model_class.__name__} head" in err
+    assert f"is not a {TASKS[name].model_class.__name__} checkpoint" in err
     assert f"roberta finetune {name}" in err and "Traceback" not in err
 
 
@@ -127,3 +127,90 @@ def test_embed_jsonl_json_keeps_the_rows_other_fields(tiny_model_dir, tmp_path, 
     lines = [json.loads(line) for line in out.splitlines()]
     assert [(line["id"], line["text"]) for line in lines] == [("a1", "first"), (7, "second")]
     assert lines[0]["lang"] == "en" and len(lines[0]["embedding"]) == 32
+
+
+# ---- nothing a user saved is lost ------------------------------------------------------------------
+
+
+@pytest.fixture
+def table(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("text\tlabel\ngood film\tpos\nbad film\tneg\n", encoding="utf-8")
+    return path
+
+
+def finetune(model, out, data, *more):
+    argv = ["finetune", "classify", "--train", data, "--dev", data, "--model", model, "--out", out]
+    return [str(a) for a in argv + ["--max-steps", "1", "--batch-size", "2", "--no-progress", *more]]
+
+
+def test_finetune_into_a_run_folder_needs_resume_or_overwrite(tiny_model_dir, tmp_path, table, capsys):
+    out = tmp_path / "run"
+    assert main(finetune(tiny_model_dir, out, table)) == 0
+    first = (out / "metrics.jsonl").read_bytes()
+    code, _, err = run(capsys, *finetune(tiny_model_dir, out, table))
+    assert code == 2 and "--overwrite" in err and "--resume" in err
+    assert (out / "metrics.jsonl").read_bytes() == first  # the first run is untouched
+    assert main(finetune(tiny_model_dir, out, table, "--overwrite")) == 0
+
+
+def test_a_run_never_writes_over_its_input(tiny_model_dir, tmp_path, table, capsys):
+    out = tmp_path / "run"
+    assert main(finetune(tiny_model_dir, out, table)) == 0
+    capsys.readouterr()
+    code, _, err = run(capsys, *finetune(out / "last", out, table, "--overwrite"))
+    assert code == 2 and "holds the input" in err
+    assert (out / "last" / "model.safetensors").exists()
+
+
+def test_finetune_save_cadence_reaches_the_training_config(tiny_model_dir, tmp_path, table, monkeypatch):
+    import types
+
+    import roberta.tasks.classify
+
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append(args[3])
+        return types.SimpleNamespace()
+
+    monkeypatch.setattr(roberta.tasks.classify, "finetune_classifier", record)
+    assert main(finetune(tiny_model_dir, tmp_path / "o", table, "--save-every-minutes", "0.5")) == 0
+    assert seen[0].save_every_minutes == 0.5 and seen[0].overwrite is False
+
+
+def test_split_squad_never_writes_over_its_input_or_an_existing_file(tmp_path, capsys):
+    squad = tmp_path / "s.json"
+    article = {"title": "t", "paragraphs": [{"context": "Ann went home.", "qas": []}]}
+    squad.write_text(json.dumps({"version": "1.1", "data": [article, article]}), encoding="utf-8")
+    before = squad.read_bytes()
+    code, _, err = run(
+        capsys, "finetune", "split-squad", squad, "--train-out", squad, "--dev-out", tmp_path / "d"
+    )
+    assert code == 2 and "is the input file" in err and squad.read_bytes() == before
+    (tmp_path / "d.json").write_text("keep me")
+    argv = [
+        "finetune",
+        "split-squad",
+        squad,
+        "--fraction",
+        "0.5",
+        "--train-out",
+        tmp_path / "t.json",
+        "--dev-out",
+        tmp_path / "d.json",
+    ]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "--overwrite" in err and (tmp_path / "d.json").read_text() == "keep me"
+    assert run(capsys, *argv, "--overwrite")[0] == 0
+
+
+def test_tokenizer_train_does_not_replace_a_models_tokenizer(tiny_model_dir, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some words here\n" * 20, encoding="utf-8")
+    before = (tiny_model_dir / "vocab.json").read_bytes()
+    code, _, err = run(
+        capsys, "tokenizer", "train", "--corpus", corpus, "--vocab-size", "300", "--out", tiny_model_dir
+    )
+    assert code == 2 and "--overwrite" in err and "config.json" in err
+    assert (tiny_model_dir / "vocab.json").read_bytes() == before

@@ -383,7 +383,7 @@ def test_finetune_evaluate_and_use_translate(tmp_path, tiny_model, multi30k, cap
 
 def test_translate_with_a_model_that_is_not_a_translator(tiny_model, capsys):
     assert cli.main(["translate", "A dog.", "--model", str(tiny_model)]) == 2
-    assert "is not an encoder-decoder" in capsys.readouterr().err
+    assert "is not a EncoderDecoder checkpoint" in capsys.readouterr().err
 
 
 def test_split_squad_command(tmp_path, squad, capsys):

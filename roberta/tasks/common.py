@@ -72,7 +72,7 @@ class Task:
         that needs its own head refuses a checkpoint without one, rather than answer at random."""
         if self.head_required and not saved_as(name_or_path, self.model_class):
             raise ValueError(
-                f"{name_or_path} has no {self.model_class.__name__} head (its config.json names "
+                f"{name_or_path} is not a {self.model_class.__name__} checkpoint (its config.json names "
                 f"{', '.join(architectures(name_or_path)) or 'no architecture'}), so its {self.name} answers "
                 f"would come from random weights: fine-tune one with `roberta finetune {self.name}` and "
                 "pass --model OUT/best"

@@ -105,13 +105,27 @@ def qa_example(path: Path, qa: dict[str, Any], context: str) -> QaExample:
 
 
 def split_squad(
-    path: str | os.PathLike, fraction: float, train_out: str | os.PathLike, dev_out: str | os.PathLike
+    path: str | os.PathLike,
+    fraction: float,
+    train_out: str | os.PathLike,
+    dev_out: str | os.PathLike,
+    overwrite: bool = False,
 ) -> tuple[int, int]:
     """Write the first `fraction` of a SQuAD file's articles (in file order) to `train_out` and the
     rest to `dev_out` (each atomically); returns the two article counts. No question's context is
-    in both files, since a paragraph belongs to one article."""
+    in both files, since a paragraph belongs to one article. Never writes over `path`; an existing
+    output file is replaced only with `overwrite`."""
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+    source = Path(path).resolve()
+    outs = [Path(train_out), Path(dev_out)]
+    if outs[0].resolve() == outs[1].resolve():
+        raise ValueError(f"--train-out and --dev-out are the same file ({train_out}); name two files")
+    for out in outs:
+        if out.resolve() == source:
+            raise ValueError(f"{out} is the input file: splitting it would write over it; name another file")
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists: pass --overwrite to replace it, or name another file")
     articles = load_squad(Path(path))
     cut = round(fraction * len(articles))
     if cut == 0 or cut == len(articles):
@@ -535,11 +549,12 @@ class QaTask(Task):
         s.add_argument("--fraction", type=float, default=0.8, help="share of articles (first ones) for train")
         s.add_argument("--train-out", required=True, metavar="FILE")
         s.add_argument("--dev-out", required=True, metavar="FILE")
+        s.add_argument("--overwrite", action="store_true", help="replace --train-out/--dev-out if they exist")
         s.set_defaults(func=_run_split_squad)
 
 
 def _run_split_squad(args) -> None:
-    n_train, n_dev = split_squad(args.squad, args.fraction, args.train_out, args.dev_out)
+    n_train, n_dev = split_squad(args.squad, args.fraction, args.train_out, args.dev_out, args.overwrite)
     print(f"{n_train} articles -> {args.train_out}, {n_dev} articles -> {args.dev_out}")
 
 
