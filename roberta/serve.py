@@ -16,28 +16,39 @@ length into forward passes. Results are the ones the Python API gives for each r
 Endpoints: `POST /<task>` (the loaded model's task, any of roberta/tasks/' registry; its body
 is what the task declares — `Task.request_fields`: `inputs` a text or a list and the Python
 method's options for most, `question` and `context` for qa; `outputs` one result or a list),
-`GET /health`, `GET /info` (model, task, device, batching settings and counters: requests,
-batches, texts).
-Malformed bodies get 422 with what was wrong; input the task cannot take (a fill-mask text without
-`<mask>`) gets 400 with the predictor's message, and only that request fails, not its batchmates.
+`GET /health`, `GET /info` (model, task, device, the dtype the model runs in, batching settings
+and counters: requests, batches, texts), and the API's pages `GET /docs` (Swagger UI) and
+`GET /redoc`, whose scripts are served from here (fastapi-offline's copies), so they work offline.
+Malformed bodies get 422 with what was wrong (a text holding a lone surrogate, `"\\ud800"`, is
+one); input the task cannot take (a fill-mask text without `<mask>`) gets 400 with the predictor's
+message, and only that request fails, not its batchmates.
 
-FastAPI and uvicorn are an optional extra: `pip install -e ".[serve]"`.
+FastAPI, uvicorn and fastapi-offline are an optional extra: `pip install -e ".[serve]"`.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint's body type from its
 # annotation, and the body model is local to build_app, where a string annotation would not resolve.
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from roberta.predict import Predictor
+from roberta.quantize import Int8Linear
 from roberta.tasks import Task, get_task, task_of
+
+logger = logging.getLogger(__name__)
+DOCS_ASSETS_URL = "/docs-assets"  # where Swagger UI's and ReDoc's files are served
+DOCS_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 
 # ---- dynamic batching --------------------------------------------------------------------------
 
@@ -146,6 +157,8 @@ def build_app(
     dynamic batching: `POST /<task>` with the body the task declares."""
     try:
         from fastapi import FastAPI, HTTPException
+        from fastapi.exception_handlers import request_validation_exception_handler
+        from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse
     except ImportError:
         raise ImportError('the server needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
@@ -163,13 +176,30 @@ def build_app(
         yield
         batcher.close()  # at shutdown, once the requests in flight are answered
 
+    assets = docs_assets()
     app = FastAPI(
-        title=f"roberta: {task}", description=f"{model_name} ({task}), dynamically batched", lifespan=lifespan
+        title=f"roberta: {task}",
+        description=f"{model_name} ({task}), dynamically batched",
+        lifespan=lifespan,
+        **({"docs_url": None, "redoc_url": None} if assets else {}),  # else FastAPI's, from a CDN
     )
+    if assets:
+        add_offline_docs(app, assets)
     Body = request_body(spec)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes the input, and a lone surrogate cannot be written as UTF-8
+        message = not_unicode(exc.body)
+        if message:
+            return JSONResponse({"detail": message}, status_code=422)
+        return await request_validation_exception_handler(request, exc)
 
     async def endpoint(body: Body) -> JSONResponse:  # type: ignore[valid-type]
         fields = body.model_dump()
+        message = not_unicode(fields)
+        if message:
+            raise HTTPException(422, message)
         first = next(iter(fields))  # the input field: named in the error for an empty list
         try:
             items, single, options = spec.request_items(fields)
@@ -196,12 +226,103 @@ def build_app(
             "model": model_name,
             "task": task,
             "device": str(predictor.device),
+            "dtype": model_dtype(predictor.model),
             "max_batch_size": batch_size,
             "max_wait_ms": max_wait_ms,
             "stats": dict(batcher.stats),
         }
 
     return app
+
+
+def model_dtype(model: torch.nn.Module) -> str:
+    """The dtype `model` runs in: "int8" when it holds int8-quantized layers (roberta.quantize),
+    else its floating-point parameters' ("float32", "bfloat16", ...)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(isinstance(m, Int8Linear) for m in model.modules()) or any(t.dtype == torch.int8 for t in tensors):
+        return "int8"
+    dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+    return str(dtype).removeprefix("torch.")
+
+
+def not_unicode(value: Any, where: str = "") -> str | None:
+    """What is wrong with the first string in a request body (nested lists and dicts included) that
+    is not valid Unicode, a lone UTF-16 surrogate ("\\ud800"), which JSON allows but no text is
+    made of; None when all are valid. `where` names the field, e.g. `inputs[2]`."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return (
+                f"{where or 'the body'} is not valid Unicode text: character {e.start} is a lone surrogate "
+                f"(\\u{ord(value[e.start]):04x}), half of a UTF-16 pair; send the whole pair "
+                "(e.g. \\ud83d\\ude42 for 🙂) or the text itself in UTF-8"
+            )
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            message = not_unicode(key, "a field name") or not_unicode(
+                item, f"{where}.{key}" if where else key
+            )
+            if message:
+                return message
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            message = not_unicode(item, f"{where}[{i}]")
+            if message:
+                return message
+    return None
+
+
+def docs_assets() -> Path | None:
+    """The folder of Swagger UI's and ReDoc's files that fastapi-offline ships, or None (with a log
+    line) when it is not installed: then /docs and /redoc are FastAPI's, which load them from a CDN."""
+    try:
+        import fastapi_offline
+    except ImportError:
+        logger.warning(
+            "fastapi-offline is not installed, so /docs and /redoc load their scripts from a CDN and are "
+            'blank offline; pip install -e ".[serve]" to serve them from here'
+        )
+        return None
+    folder = Path(fastapi_offline.__file__).parent / "static"
+    missing = [name for name in DOCS_FILES if not (folder / name).is_file()]
+    if missing:
+        logger.warning("fastapi-offline at %s lacks %s; /docs and /redoc load from a CDN", folder, missing)
+        return None
+    return folder
+
+
+def add_offline_docs(app, assets: Path) -> None:
+    """Serve `assets` (see docs_assets) at DOCS_ASSETS_URL, and /docs and /redoc pages that use them."""
+    from fastapi import Request
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "") + DOCS_ASSETS_URL
+        return get_swagger_ui_html(
+            openapi_url=request.scope.get("root_path", "") + app.openapi_url,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/swagger-ui.css",
+            swagger_favicon_url=f"{root}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "") + DOCS_ASSETS_URL
+        return get_redoc_html(
+            openapi_url=request.scope.get("root_path", "") + app.openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def request_body(spec: Task):

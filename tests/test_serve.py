@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -229,6 +231,76 @@ def test_bad_requests_get_clear_errors(checkpoints):
     assert "has no <mask>" in replies[0].json()["detail"]
     assert "extra" in replies[1].text.lower() and "inputs" in replies[1].text  # misspelt field named
     assert "empty list" in replies[2].text
+
+
+def test_a_lone_surrogate_is_a_clear_error_naming_the_field(checkpoints):
+    app = build_app(FillMask.from_pretrained(checkpoints["fill-mask"], device="cpu"), "fill-mask")
+    bodies = [
+        b'{"inputs": "\\ud800"}',  # JSON allows it; no text holds it
+        b'{"inputs": ["fine <mask>", "a \\udc00 <mask>"]}',
+        b'{"inputs": "fine <mask>", "top_k": "\\ud800"}',  # a field pydantic rejects, echoing it
+    ]
+
+    async def post_raw() -> list:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            headers = {"content-type": "application/json"}
+            return [await client.post("/fill-mask", content=b, headers=headers) for b in bodies]
+
+    replies = asyncio.run(post_raw())
+    assert [r.status_code for r in replies] == [422] * 3
+    details = [r.json()["detail"] for r in replies]
+    for detail, field in zip(details, ["inputs", "inputs[1]", "top_k"]):
+        assert detail.startswith(f"{field} is not valid Unicode text") and "lone surrogate" in detail
+    assert "(\\ud800)" in details[0] and "character 2" in details[1]
+
+
+def test_info_says_the_dtype_the_model_runs_in(checkpoints):
+    async def info(app) -> dict:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return (await client.get("/info")).json()
+
+    dtypes = {}
+    for dtype in (None, torch.bfloat16, torch.int8):
+        predictor = FillMask.from_pretrained(checkpoints["fill-mask"], device="cpu", dtype=dtype)
+        dtypes[dtype] = asyncio.run(info(build_app(predictor, "fill-mask")))["dtype"]
+    assert dtypes == {None: "float32", torch.bfloat16: "bfloat16", torch.int8: "int8"}
+
+
+async def get_all(app, paths: list[str]) -> list:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return [await client.get(path) for path in paths]
+
+
+def test_docs_load_their_scripts_from_this_server(checkpoints):
+    app = build_app(FillMask.from_pretrained(checkpoints["fill-mask"], device="cpu"), "fill-mask")
+    docs, redoc = asyncio.run(get_all(app, ["/docs", "/redoc"]))
+    assert docs.status_code == 200 and redoc.status_code == 200
+    scripts = re.findall(r'<script src="([^"]+)"', docs.text + redoc.text)
+    styles = re.findall(r'<link type="text/css" rel="stylesheet" href="([^"]+)"', docs.text)
+    assert len(scripts) == 2 and len(styles) == 1
+    assert all(url.startswith("/docs-assets/") for url in scripts + styles), (scripts, styles)
+    assert "http" not in "".join(re.findall(r'(?:src|href)="([^"]+)"', docs.text + redoc.text))
+    replies = asyncio.run(get_all(app, scripts + styles))
+    assert [r.status_code for r in replies] == [200] * 3
+    kinds = [r.headers["content-type"].split(";")[0] for r in replies]
+    assert kinds == ["text/javascript", "text/javascript", "text/css"]
+    assert "SwaggerUIBundle" in replies[0].text and ".swagger-ui" in replies[2].text
+
+
+def test_without_fastapi_offline_the_docs_are_fastapis_and_a_log_line_says_so(
+    checkpoints, monkeypatch, caplog
+):
+    monkeypatch.setitem(sys.modules, "fastapi_offline", None)  # import fails
+    with caplog.at_level(logging.WARNING, logger="roberta.serve"):
+        app = build_app(FillMask.from_pretrained(checkpoints["fill-mask"], device="cpu"), "fill-mask")
+    assert "fastapi-offline is not installed" in caplog.text
+    (docs,) = asyncio.run(get_all(app, ["/docs"]))
+    assert (
+        docs.status_code == 200 and "swagger-ui-bundle.js" in docs.text and "/docs-assets/" not in docs.text
+    )
 
 
 def test_qa_needs_one_context_per_question(checkpoints):
