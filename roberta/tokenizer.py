@@ -12,19 +12,21 @@ truncation and overflow windows); the tests hold it to that reference on the rea
 
     tok = Tokenizer.from_pretrained("path/to/roberta-base")
     batch = tok(["Hello world", "Hi"], padding=True, return_tensors="pt")
-    batch["input_ids"]       # (B, T) torch.long; pads are 1
+    batch["input_ids"]       # (B, T) torch.long; pads are 1 (return_tensors="np": numpy int64)
     batch.attention_mask     # (B, T); 1 = real token, 0 = padding
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tokenizers
 import torch
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
@@ -36,6 +38,9 @@ BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
 # RoBERTa's ids: <s>=0 <pad>=1 </s>=2 <unk>=3 (fairseq's dictionary order); <mask> is the last id.
 SPECIAL_TOKENS = (BOS, PAD, EOS, UNK, MASK)
 DEFAULT_MODEL_MAX_LENGTH = 512  # roberta-base: 514 positions = 512 tokens + the pad offset
+RETURN_TENSORS = (None, "pt", "np")  # lists, torch.long tensors, numpy int64 arrays (ONNX runtimes)
+
+logger = logging.getLogger(__name__)
 
 _PADDING = {
     False: None,
@@ -78,7 +83,8 @@ class Encoding(dict):
     `offset_mapping` ((start, end) character offsets into the text; (0, 0) for special tokens and
     pads), `special_tokens_mask` (1 = `<s>`, `</s>` or pad) and `overflow_to_sample_mapping` (for
     each row, the index of the input it came from). Values are lists, or torch.long tensors of
-    shape (B, T) (offsets: (B, T, 2)) with `return_tensors="pt"`. Keys also read as attributes.
+    shape (B, T) (offsets: (B, T, 2)) with `return_tensors="pt"`, or numpy int64 arrays of the
+    same shapes with `return_tensors="np"` (what onnxruntime takes). Keys also read as attributes.
     """
 
     def __init__(self, data: dict[str, Any], encodings: list[tokenizers.Encoding]):
@@ -200,7 +206,9 @@ class Tokenizer:
         The folder may hold `tokenizer.json`, else `vocab.json` + `merges.txt`, else fairseq's
         `encoder.json` + `vocab.bpe` + `dict.txt` (first found wins). `tokenizer_config.json`, if
         present, gives `model_max_length` and `add_prefix_space`; arguments that are not None
-        override it.
+        override it. When the folder also holds a model whose `config.json` has room for fewer
+        tokens than that `model_max_length` (max_position_embeddings - pad_token_id - 1), the
+        model's limit is used: truncation and `padding="max_length"` then fit the model.
         """
         folder = hub.resolve(name_or_path, hub.TOKENIZER_FILES)
         config_file = folder / "tokenizer_config.json"
@@ -211,6 +219,17 @@ class Tokenizer:
             model_max_length = config.get("model_max_length", DEFAULT_MODEL_MAX_LENGTH)
             if model_max_length > 1_000_000:  # HF writes ~1e30 for "no limit known"
                 model_max_length = DEFAULT_MODEL_MAX_LENGTH
+            positions = _model_max_length(folder)
+            if positions is not None and positions < model_max_length:
+                logger.debug(
+                    "%s: the tokenizer says model_max_length %d but the model's config.json holds "
+                    "positions for %d tokens; using %d",
+                    folder,
+                    model_max_length,
+                    positions,
+                    positions,
+                )
+                model_max_length = positions
         kwargs: dict[str, Any] = {"model_max_length": model_max_length}
         if add_prefix_space is not None:  # else tokenizer.json's own setting, or False
             kwargs["add_prefix_space"] = add_prefix_space
@@ -237,7 +256,8 @@ class Tokenizer:
         """Train a new byte-level BPE on text files, with RoBERTa's special tokens and pipeline.
 
         Args:
-            files: UTF-8 text files to learn merges from.
+            files: UTF-8 text files to learn merges from (ValueError naming the file and line of
+                the first one that is not UTF-8).
             vocab_size: size of the vocabulary including the five special tokens. `<s> <pad> </s>
                 <unk>` get ids 0..3 and `<mask>` the last id (vocab_size - 1, or lower if the text
                 is too small to learn that many merges).
@@ -254,7 +274,13 @@ class Tokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        backend.train([str(f) for f in files], trainer)
+        paths = [str(f) for f in files]
+        try:
+            backend.train(paths, trainer)
+        except Exception:  # tokenizers says only "stream did not contain valid UTF-8": find where
+            for path in paths:
+                _check_utf8(path)
+            raise
         _add_special_tokens(backend)
         return cls(backend, **kwargs)
 
@@ -321,7 +347,8 @@ class Tokenizer:
                 default `model_max_length`. `max_length` without truncation does not truncate.
             max_length: length in tokens, special tokens included.
             stride: with truncation, how many tokens consecutive overflow windows share.
-            return_tensors: None (lists) or "pt" (torch.long tensors; rows must be equally long).
+            return_tensors: None (lists), "pt" (torch.long tensors) or "np" (numpy int64 arrays,
+                the same shapes); with either, rows must be equally long.
             return_offsets_mapping: add `offset_mapping`, (start, end) character offsets.
             return_special_tokens_mask: add `special_tokens_mask` (1 = special token or pad).
             return_overflowing_tokens: with truncation, also return the truncated-away tokens as
@@ -334,10 +361,12 @@ class Tokenizer:
 
         Returns:
             An `Encoding`. A single (unbatched) input without overflow gives flat lists (a row);
-            a batch gives one row per input; `return_tensors="pt"` always gives (B, T).
+            a batch gives one row per input; `return_tensors="pt"` or `"np"` always gives (B, T).
         """
-        if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
+        if return_tensors not in RETURN_TENSORS:
+            raise ValueError(
+                f"return_tensors must be None (lists), 'pt' (torch) or 'np' (numpy), got {return_tensors!r}"
+            )
         inputs, batched = _as_batch(text, text_pair, is_split_into_words)
         encodings = self._encode_batch(
             inputs, is_split_into_words, add_special_tokens, padding, truncation, max_length, stride
@@ -345,8 +374,8 @@ class Tokenizer:
         data, rows = _collect(
             encodings, return_overflowing_tokens, return_special_tokens_mask, return_offsets_mapping
         )
-        if return_tensors == "pt":
-            return Encoding(_to_tensors(data), rows)
+        if return_tensors is not None:
+            return Encoding(_to_tensors(data, return_tensors), rows)
         if not batched and not return_overflowing_tokens:
             data = {key: value[0] for key, value in data.items()}
         return Encoding(data, rows)
@@ -393,21 +422,25 @@ class Tokenizer:
 
     # ---- decoding and the vocabulary -------------------------------------------------------
 
-    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
-        """Turn one row of ids (a list or a 1-D tensor) back into text.
+    def decode(
+        self, ids: Sequence[int] | torch.Tensor | np.ndarray, skip_special_tokens: bool = False
+    ) -> str:
+        """Turn one row of ids (a list, a 1-D tensor or numpy array) back into text.
 
         `skip_special_tokens=True` drops `<s> </s> <pad> <unk> <mask>`; then
         `decode(tok(x)["input_ids"], skip_special_tokens=True) == x` for any text x.
         """
-        if isinstance(ids, torch.Tensor):
+        if isinstance(ids, (torch.Tensor, np.ndarray)):
             ids = ids.tolist()
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def batch_decode(
-        self, batch_ids: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = False
+        self,
+        batch_ids: Sequence[Sequence[int]] | torch.Tensor | np.ndarray,
+        skip_special_tokens: bool = False,
     ) -> list[str]:
-        """Decode each row of a batch (a list of lists or a (B, T) tensor); see `decode`."""
-        if isinstance(batch_ids, torch.Tensor):
+        """Decode each row of a batch (a list of lists, a (B, T) tensor or array); see `decode`."""
+        if isinstance(batch_ids, (torch.Tensor, np.ndarray)):
             batch_ids = batch_ids.tolist()
         rows = [list(ids) for ids in batch_ids]
         return self._backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
@@ -531,6 +564,40 @@ def _fairseq_vocab(encoder: str | os.PathLike, dictionary: str | os.PathLike) ->
     return token_ids
 
 
+def _model_max_length(folder: Path) -> int | None:
+    """The most tokens the position tables of the model in `folder` hold (config.json's
+    max_position_embeddings - pad_token_id - 1; the smaller stack's for an encoder-decoder), or
+    None without a readable config.json that says (loading the model reports a broken one)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    limits = []
+    for stack in (config, config.get("encoder"), config.get("decoder")):
+        if isinstance(stack, dict) and isinstance(stack.get("max_position_embeddings"), int):
+            pad = stack.get("pad_token_id", 1)
+            limit = stack["max_position_embeddings"] - (pad if isinstance(pad, int) else 1) - 1
+            if limit >= 1:
+                limits.append(limit)
+    return min(limits, default=None)
+
+
+def _check_utf8(path: str) -> None:
+    """Raise ValueError naming `path`, the line and the byte, unless the file is UTF-8 text."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):  # b"\n" is never inside a UTF-8 character
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{path} is not UTF-8 text: line {number}, byte {e.start + 1} "
+                    f"({line[e.start : e.start + 1]!r}) is not valid UTF-8; convert the file to UTF-8 "
+                    "first (e.g. iconv -f latin1 -t utf-8, with the file's own encoding)"
+                ) from None
+
+
 def _merges_of(tokenizer_json: str) -> list[tuple[str, str]]:
     """The BPE merges in a `tokenizer.json`, in rank order (tokenizers >= 0.20 stores pairs, older "a b")."""
     merges = json.loads(tokenizer_json)["model"]["merges"]
@@ -614,12 +681,15 @@ def _collect(
     return data, rows
 
 
-def _to_tensors(data: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
-    """Lists of rows -> torch.long tensors: (B, T), offsets (B, T, 2), sample mapping (B,)."""
+def _to_tensors(data: dict[str, list[Any]], kind: str) -> dict[str, torch.Tensor | np.ndarray]:
+    """Lists of rows -> torch.long tensors ("pt") or numpy int64 arrays ("np"): (B, T), offsets
+    (B, T, 2), sample mapping (B,)."""
     lengths = {len(row) for row in data["input_ids"]}
     if len(lengths) > 1:
         raise ValueError(
             f"cannot make a tensor from rows of different lengths {sorted(lengths)}; "
             "pass padding=True (or truncation=True with padding='max_length')"
         )
+    if kind == "np":
+        return {key: np.array(value, dtype=np.int64) for key, value in data.items()}
     return {key: torch.tensor(value, dtype=torch.long) for key, value in data.items()}

@@ -4,17 +4,21 @@ RobertaTokenizerFast on the real roberta-base vocabulary; loading from every fil
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import AddedToken
 
+from roberta import hub
+from roberta.cli import main
 from roberta.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -196,6 +200,38 @@ def test_unlimited_model_max_length_from_hf_means_512(vocab_dir, tmp_path):
     assert len(loaded("word " * 600, truncation=True)["input_ids"]) == 512
 
 
+def test_the_built_in_tokenizer_knows_its_models_limit():
+    tok = Tokenizer.from_pretrained("roberta-small-books")
+    config = json.loads((hub.BUILTIN_DIR / "roberta-small-books" / "config.json").read_text())
+    positions = config["max_position_embeddings"] - config["pad_token_id"] - 1  # positions start at pad+1
+    assert tok.model_max_length == positions == 128
+    assert len(tok("word " * 300, truncation=True)["input_ids"]) == 128
+    # the shipped file says so itself, for transformers' AutoTokenizer too
+    shipped = json.loads((hub.BUILTIN_DIR / "roberta-small-books" / "tokenizer_config.json").read_text())
+    assert shipped["model_max_length"] == positions
+
+
+def test_a_model_with_fewer_positions_than_the_tokenizer_says_sets_the_limit(vocab_dir, tmp_path, caplog):
+    Tokenizer.from_files(vocab_dir / "vocab.json", vocab_dir / "merges.txt").save_pretrained(tmp_path)
+    assert Tokenizer.from_pretrained(tmp_path).model_max_length == 512  # no config.json: the tokenizer's
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 66, "pad_token_id": 1}))
+    with caplog.at_level(logging.DEBUG, logger="roberta.tokenizer"):
+        tok = Tokenizer.from_pretrained(tmp_path)
+    assert tok.model_max_length == 64 and "positions for 64 tokens; using 64" in caplog.text
+    assert len(tok("word " * 300, truncation=True)["input_ids"]) == 64
+    assert Tokenizer.from_pretrained(tmp_path, model_max_length=32).model_max_length == 32  # asked for
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 1026, "pad_token_id": 1}))
+    assert Tokenizer.from_pretrained(tmp_path).model_max_length == 512  # more positions: the tokenizer's
+    encoder_decoder = {
+        "encoder": {"max_position_embeddings": 130},
+        "decoder": {"max_position_embeddings": 34},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(encoder_decoder))
+    assert Tokenizer.from_pretrained(tmp_path).model_max_length == 32  # the smaller stack
+    (tmp_path / "config.json").write_text("{not json")
+    assert Tokenizer.from_pretrained(tmp_path).model_max_length == 512  # the model's loader reports it
+
+
 def test_from_pretrained_without_files_says_what_it_looked_for(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"tokenizer\.json.*vocab\.json \+ merges\.txt.*dict\.txt"):
         Tokenizer.from_pretrained(tmp_path)
@@ -270,10 +306,32 @@ def test_return_tensors(tok, reference):
     assert batch.input_ids is batch["input_ids"] and batch.attention_mask.shape == batch.input_ids.shape
     with pytest.raises(ValueError, match="padding=True"):
         tok(texts, return_tensors="pt")
-    with pytest.raises(ValueError, match="return_tensors"):
-        tok(texts, return_tensors="np")
+    with pytest.raises(ValueError, match="return_tensors must be None"):
+        tok(texts, return_tensors="tf")
     with pytest.raises(AttributeError):
         _ = batch.no_such_key
+
+
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [
+        (("Hello world",), {"return_offsets_mapping": True, "return_special_tokens_mask": True}),
+        ((["Hello world", "Hi", "A longer sentence than the others."],), {"padding": True}),
+        (("Who?", "word " * 40), {"truncation": "only_second", "max_length": 16, "stride": 4, "padding": True,
+                                 "return_overflowing_tokens": True, "return_offsets_mapping": True}),
+        (([["Split", "words"], ["more", "split", "words"]],), {"is_split_into_words": True, "padding": True}),
+    ],
+)  # fmt: skip
+def test_numpy_arrays_are_the_torch_tensors(tok, args, kwargs):
+    pt, arrays = tok(*args, **kwargs, return_tensors="pt"), tok(*args, **kwargs, return_tensors="np")
+    assert arrays.keys() == pt.keys()
+    for key, tensor in pt.items():
+        assert isinstance(arrays[key], np.ndarray) and arrays[key].dtype == np.int64
+        assert arrays[key].shape == tuple(tensor.shape) and (arrays[key] == tensor.numpy()).all(), key
+    assert tok.batch_decode(arrays["input_ids"]) == tok.batch_decode(pt["input_ids"])
+    assert tok.decode(arrays["input_ids"][0]) == tok.decode(pt["input_ids"][0])
+    with pytest.raises(ValueError, match="padding=True"):
+        tok(["Hello world", "Hi"], return_tensors="np")
 
 
 def test_single_input_gives_flat_lists(tok):
@@ -379,3 +437,20 @@ def test_train_small_tokenizer(data_dir, tmp_path):
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "trained")
     texts.append("Speak <mask>.")
     assert loaded(texts)["input_ids"] == hf(texts)["input_ids"] == tok(texts)["input_ids"]
+
+
+def test_training_on_a_file_that_is_not_utf8_names_the_file_and_line(tmp_path, capsys):
+    good, bad = tmp_path / "good.txt", tmp_path / "latin1.txt"
+    good.write_text("To be, or not to be.\n" * 50, encoding="utf-8")
+    bad.write_bytes("Speak the speech.\nI pray you,\nà la café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.txt is not UTF-8 text: line 3, byte 1 \(b'\\xe0'\)"):
+        Tokenizer.train([good, bad], vocab_size=300)
+    # the command says it in one line, no traceback
+    assert main(["tokenizer", "train", "--corpus", str(good), str(bad), "--vocab-size", "300",
+                 "--out", str(tmp_path / "out")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert (
+        "latin1.txt is not UTF-8 text: line 3" in err
+        and "Traceback" not in err
+        and len(err.splitlines()) == 1
+    )
