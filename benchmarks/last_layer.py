@@ -9,6 +9,7 @@ Prints the median step time of each. `python benchmarks/last_layer.py` takes ~2 
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -46,7 +47,9 @@ def time_steps(model: torch.nn.Module, batch: dict) -> dict[str, float]:
     return {name: statistics.median(t[1:]) for name, t in times.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.parse_args(argv)  # no options: --help says what it does
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     config = RobertaConfig()  # roberta-base sizes

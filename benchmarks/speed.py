@@ -615,6 +615,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # refused here, not met as a ZeroDivisionError after the whole run
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(
+            f"speed.py: --device {args.device} needs a GPU, and torch {torch.__version__} sees none here "
+            "(torch.cuda.is_available() is False); use --device cpu"
+        )
     if args.worker:
         return memory_worker(args)
     if args.threads:
