@@ -140,8 +140,16 @@ def add_pretrain(sub) -> None:
         help="start from RoBERTa's random init, or with two layer-0 heads attending to the previous "
         "and next token (gets small models past the bag-of-words plateau sooner)",
     )
-    p.add_argument("--out", required=True, help="run folder: last/, best/, metrics.jsonl, metrics.png")
-    p.add_argument("--max-minutes", type=float, help="stop after this much wall-clock time")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run folder: last/, best/ (lowest --heldout loss), metrics.jsonl, metrics.png",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop after this much wall-clock time (the whole run: resumes included; the final evaluation fits in it)",
+    )
     p.add_argument("--max-steps", type=positive_int, help="optimizer steps (the schedule's length)")
     p.add_argument("--epochs", type=float, help="passes over the corpus, if --max-steps is not given")
     p.add_argument("--batch-size", type=positive_int, default=64, help="blocks per micro-batch per process")
@@ -301,7 +309,11 @@ def add_finetune(sub) -> None:
 def _finetune_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=3.0, help="passes over the training data (default 3)")
     p.add_argument("--max-steps", type=positive_int, help="optimizer steps instead of --epochs")
-    p.add_argument("--max-minutes", type=float, help="stop after this much wall-clock time")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop after this much wall-clock time (the whole run: resumes included; the final evaluation fits in it)",
+    )
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="examples per micro-batch per process")
     p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimizer step")

@@ -21,6 +21,7 @@ No next-sentence prediction; the LM head projects only the masked positions (`sp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -451,5 +452,7 @@ def pretrain(
                 m, held, masker, tokenizer.pad_token_id, cfg.batch_size, max_blocks=eval_blocks
             )
 
+        if cfg.early_stopping_metric is None:  # best/: the lowest held-out loss
+            cfg = dataclasses.replace(cfg, early_stopping_metric="loss", early_stopping_mode="min")
     logger.info("%d training blocks of %d tokens (%d tokens)", len(blocks), max_length, len(blocks.stream))
     return train(model, data, cfg, eval_fn, mlm_loss, save_extra=tokenizer.save_pretrained, resume=resume)

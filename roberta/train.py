@@ -106,7 +106,9 @@ class TrainConfig:
     grad_accum: int = 1
     max_steps: int | None = None
     max_epochs: float | None = None
-    max_minutes: float | None = None
+    max_minutes: float | None = (
+        None  # the whole run's wall clock, resumes included; the final eval fits in it
+    )
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.98)
@@ -821,8 +823,10 @@ class Trainer:
     def evaluate(self) -> None:
         """Run eval_fn (on every rank: each sees the whole eval set), log it, keep the best."""
         self.model.eval()
+        began = time.monotonic()
         with torch.no_grad():
             metrics = {k: float(v) for k, v in self.eval_fn(self.model).items()}
+        self.eval_seconds = time.monotonic() - began  # kept in reserve under max_minutes
         self.last_eval = metrics
         self._log({"eval_" + k: v for k, v in metrics.items()})
         key = self.cfg.early_stopping_metric
@@ -852,7 +856,9 @@ class Trainer:
             return "max_epochs"
         if cfg.patience is not None and self.bad_evals >= cfg.patience:
             return "early_stopping"
-        out_of_time = cfg.max_minutes is not None and self.elapsed() >= 60 * cfg.max_minutes
+        # the final evaluation must fit too: stop when the time left is less than the last one took
+        reserve = getattr(self, "eval_seconds", 0.0) if self.eval_fn is not None else 0.0
+        out_of_time = cfg.max_minutes is not None and self.elapsed() + reserve >= 60 * cfg.max_minutes
         interrupted = self.stop.signum is not None
         out_of_time, interrupted = all_sum([float(out_of_time), float(interrupted)], self.dist)
         if interrupted > 0:  # a signal on any rank: every rank stops together
@@ -876,6 +882,12 @@ class Trainer:
         bar = self._progress_bar()
         last_save, window = time.monotonic(), _Window()
         reason = self.stop_reason()
+        if reason == "max_minutes" and self.step > 0:  # a resume whose cap the earlier starts used up
+            bar.close()
+            raise ValueError(
+                f"max_minutes ({self.cfg.max_minutes:g}) counts the whole run, resumes included, and this "
+                f"run has already trained {self.elapsed() / 60:.1f} minutes: raise --max-minutes to go on"
+            )
         while reason is None:
             loss, tokens = self.train_step()
             self.tokens += tokens

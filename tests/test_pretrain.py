@@ -194,6 +194,10 @@ def test_pretraining_lowers_the_loss_and_saves_a_loadable_model(corpus, tok, tmp
     assert train_losses[-1] < train_losses[0] - 1.0, train_losses
     # the words are drawn uniformly from 21: ~ln(21) = 3.0 nats is the floor, ln(300) = 5.7 is chance
     assert result.last_eval["loss"] < 4.0 and result.last_eval["accuracy"] > 0.1 and len(evals) == 2
+    held = [r["eval_loss"] for r in read_metrics(tmp_path) if "eval_loss" in r]
+    assert (tmp_path / "best" / "model.safetensors").exists() and result.best_metric == pytest.approx(
+        min(held)
+    )
     last = tmp_path / "last"
     model = RobertaForMaskedLM.from_pretrained(last)
     assert Tokenizer.from_pretrained(last).get_vocab() == tok.get_vocab()

@@ -243,6 +243,29 @@ def test_max_minutes_stops_training(tmp_path):
     assert result.stopped_by == "max_minutes" and 0 < result.step < 10_000
 
 
+def test_max_minutes_leaves_room_for_the_final_evaluation(tmp_path):
+    """A slow evaluation (0.5 s) is kept in reserve: training stops early enough for the final one to
+    fit under the cap, instead of starting it at the cap."""
+
+    def slow_eval(model):
+        time.sleep(0.5)
+        return {"acc": 0.5}
+
+    cfg = config(tmp_path, max_steps=10_000, max_minutes=0.05, eval_every=4)  # 3 s
+    result = T.train(tiny_model(), tiny_source(), cfg, eval_fn=slow_eval)
+    assert result.stopped_by == "max_minutes"
+    last_step = [r["elapsed_s"] for r in T.read_metrics(tmp_path) if "loss" in r][-1]
+    assert last_step + 0.5 <= 3.0 + 0.3  # the final evaluation ends by the cap (a step's slack)
+
+def test_a_resume_whose_time_cap_is_used_up_says_so(tmp_path):
+    """max_minutes counts the whole run: a resume with a cap the first start used up is an error, not 0 steps."""
+    T.train(tiny_model(), tiny_source(), config(tmp_path, max_steps=10_000, max_minutes=0.01))
+    with pytest.raises(ValueError, match=r"counts the whole run, resumes included.*raise --max-minutes"):
+        T.train(
+            tiny_model(), tiny_source(), config(tmp_path, max_steps=10_000, max_minutes=0.01), resume=True
+        )
+
+
 # ---- atomic checkpoints ----------------------------------------------------------------------------
 
 
