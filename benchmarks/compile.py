@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import speed  # benchmarks/speed.py: the workloads and the timing helpers
@@ -64,6 +65,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
     args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():  # refused before any work
+        sys.exit(f"compile.py: --device {args.device} needs a GPU, and torch {torch.__version__} sees none here")
     args.quick = False
     torch.manual_seed(0)
     config = speed.preset(args.config)
