@@ -5,6 +5,8 @@
 
 Every place that asks "what does this checkpoint hold?" (the task of `roberta serve`, ONNX export,
 whether fine-tuning continues a head or starts one) asks here, so a new model class is one line.
+The families on RoBERTa's encoder (XLM-R, CamemBERT: `FAMILIES` in roberta/config.py) name the same
+classes with their own prefix; `roberta_architecture` reads their names as RoBERTa's.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 
 from roberta.checkpoint import PretrainedModel, architectures
+from roberta.config import roberta_architecture
 from roberta.heads import (
     RobertaForMaskedLM,
     RobertaForMultipleChoice,
@@ -43,18 +46,24 @@ def architecture_name(cls: type[PretrainedModel]) -> str:
 
 
 def architecture_of(name_or_path: str | os.PathLike) -> str:
-    """The architecture a checkpoint's config.json names first; "RobertaModel" when it names none."""
+    """The architecture a checkpoint's config.json names first, as its family wrote it
+    ("XLMRobertaForMaskedLM"); "RobertaModel" when it names none."""
     return (architectures(name_or_path) or ["RobertaModel"])[0]
 
 
 def architecture_class(name_or_path: str | os.PathLike) -> type[PretrainedModel]:
-    """The class a checkpoint was saved as; ValueError naming the ones known for another name."""
+    """The class a checkpoint was saved as (a family's name read as RoBERTa's); ValueError naming
+    the ones known for another name."""
     name = architecture_of(name_or_path)
-    if name not in ARCHITECTURES:
-        raise ValueError(f"{name_or_path} holds a {name}; known architectures: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[name]
+    if roberta_architecture(name) not in ARCHITECTURES:
+        raise ValueError(
+            f"{name_or_path} holds a {name}; known architectures: {', '.join(ARCHITECTURES)} "
+            "(or an XLM-R or CamemBERT one of the same head: XLMRoberta..., Camembert...)"
+        )
+    return ARCHITECTURES[roberta_architecture(name)]
 
 
 def saved_as(name_or_path: str | os.PathLike, cls: type[PretrainedModel]) -> bool:
-    """Whether a checkpoint's config.json names `cls` among its architectures (it has that head)."""
-    return architecture_name(cls) in architectures(name_or_path)
+    """Whether a checkpoint's config.json names `cls` among its architectures (it has that head),
+    under any family's name."""
+    return architecture_name(cls) in {roberta_architecture(a) for a in architectures(name_or_path)}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from roberta.atomic import atomic_file
-from roberta.config import RobertaConfig
+from roberta.config import RobertaConfig, family_architecture
 from roberta.hub import MODEL_FILES, resolve
 
 logger = logging.getLogger(__name__)
@@ -144,10 +144,14 @@ class PretrainedModel(nn.Module):
         return folder
 
     def save_config(self, save_directory: str | os.PathLike) -> Path:
-        """Write config.json, naming this class in `architectures` (what transformers instantiates)."""
+        """Write config.json, naming this class in `architectures` (what transformers instantiates)
+        under the config's family: `RobertaForMaskedLM` of an XLM-R config is `XLMRobertaForMaskedLM`."""
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
-        architectures = {"architectures": [self.hf_architecture or type(self).__name__]}
+        # an encoder-decoder's config has no family of its own (its name is not a Roberta* one)
+        model_type = getattr(self.config, "model_type", "roberta")
+        name = family_architecture(self.hf_architecture or type(self).__name__, model_type)
+        architectures = {"architectures": [name]}
         dataclasses.replace(self.config, extra={**self.config.extra, **architectures}).save_json(
             folder / "config.json"
         )

@@ -2,6 +2,10 @@
 
 Field names are the Hugging Face `config.json` keys, so a checkpoint's config reads and writes
 without a translation table. Keys this class does not know are kept in `extra` and written back.
+
+`FAMILIES` is the one table of the model families that share RoBERTa's encoder (RoBERTa itself
+and DistilRoBERTa, XLM-R, CamemBERT): each family's `model_type`, the prefix of its checkpoints'
+class names and its tokenizer. Everything that reads or writes a family's name reads it here.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal")
 # HF calls learned positions "absolute"; we accept it on the way in and write it on the way out.
 _HF_POSITION_NAMES = {"absolute": "learned", "learned": "learned", "sinusoidal": "sinusoidal"}
 # Keys HF writes that describe the file rather than the model; we regenerate them on save.
-_REGENERATED_KEYS = {"model_type", "architectures", "transformers_version", "_name_or_path"}
+_REGENERATED_KEYS = {"architectures", "transformers_version", "_name_or_path"}
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 # Integer fields and their smallest allowed value.
 _INT_MINIMUMS = {
@@ -43,6 +47,80 @@ _INT_MINIMUMS = {
 _BYTES_PER_WEIGHT = 4  # fp32: what a model is built in before any dtype conversion
 _repr = reprlib.Repr()  # a short repr that stops at depth 2: safe for deeply nested JSON
 _repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 2, 40, 40, 4, 4
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family on RoBERTa's encoder: same weights and key names, its own names and tokenizer.
+
+    model_type: config.json's `model_type`.
+    prefix: what its checkpoints' class names start with where RoBERTa's say "Roberta"
+        (`XLMRobertaForMaskedLM` for our `RobertaForMaskedLM`).
+    tokenizer_class: tokenizer_config.json's `tokenizer_class` (what transformers' AutoTokenizer builds).
+    sentencepiece: for a family whose vocabulary is a SentencePiece model (`sentencepiece.bpe.model`),
+        fairseq's layout of it: the tokens that come first, and the first SentencePiece id kept after
+        them (each later piece keeps its order); `<mask>` is the last id. None: byte-level BPE.
+    """
+
+    name: str
+    model_type: str
+    prefix: str
+    tokenizer_class: str
+    sentencepiece: tuple[tuple[str, ...], int] | None = None
+
+
+# model_type -> family. DistilRoBERTa is a 6-layer RoBERTa (model_type "roberta").
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (
+        Family("RoBERTa", "roberta", "Roberta", "RobertaTokenizer"),
+        # fairseq's dictionary: <s> <pad> </s> <unk>, then the pieces after SentencePiece's own
+        # <unk> <s> </s> (ids 0..2), so SentencePiece id i is ours i + 1.
+        Family(
+            "XLM-R",
+            "xlm-roberta",
+            "XLMRoberta",
+            "XLMRobertaTokenizer",
+            (("<s>", "<pad>", "</s>", "<unk>"), 3),
+        ),
+        # CamemBERT's fairseq dictionary keeps four unused copies first, so SentencePiece id i
+        # (after its <unk>, id 0) is ours i + 4: its <s> and </s> are 5 and 6.
+        Family(
+            "CamemBERT",
+            "camembert",
+            "Camembert",
+            "CamembertTokenizer",
+            (("<s>NOTUSED", "<pad>", "</s>NOTUSED", "<unk>", "<unk>NOTUSED"), 1),
+        ),
+    )
+}
+NOT_YET_SUPPORTED = "BERT, MiniLM and sentence-transformers folders are not supported yet"
+
+
+def family(model_type: Any) -> Family:
+    """The family of a config.json `model_type`; ValueError naming it and the supported ones."""
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
+        raise ValueError(
+            f"config key 'model_type' is {_show(model_type)}; supported model types: "
+            f"{', '.join(FAMILIES)} ({', '.join(f.name for f in FAMILIES.values())}). {NOT_YET_SUPPORTED}"
+        )
+    return FAMILIES[model_type]
+
+
+def roberta_architecture(name: str) -> str:
+    """A family's class name -> RoBERTa's (`XLMRobertaForMaskedLM` -> `RobertaForMaskedLM`); any other
+    name (`EncoderDecoderModel`, an unknown class) is returned as it is."""
+    for f in sorted(FAMILIES.values(), key=lambda f: -len(f.prefix)):
+        if name.startswith(f.prefix) and name[len(f.prefix) :].startswith(("For", "Model")):
+            return "Roberta" + name[len(f.prefix) :]
+    return name
+
+
+def family_architecture(name: str, model_type: str) -> str:
+    """RoBERTa's class name -> the family's (`RobertaForMaskedLM`, xlm-roberta -> `XLMRobertaForMaskedLM`)."""
+    if not name.startswith("Roberta"):
+        return name
+    return FAMILIES[model_type].prefix + name.removeprefix("Roberta")
 
 
 @dataclass
@@ -69,6 +147,8 @@ class RobertaConfig:
     # "single_label_classification" | "multi_label_classification" | "regression"; None: inferred
     problem_type: str | None = None
     classifier_dropout: float | None = None
+    # The family (see FAMILIES): "roberta", "xlm-roberta" or "camembert"; kept on load and save.
+    model_type: str = "roberta"
     # Keys from a config.json that this class does not model; kept so that save -> load loses nothing.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -103,6 +183,7 @@ class RobertaConfig:
         if self.id2label is not None:
             self.id2label = _labels(self.id2label)
             self.num_labels = len(self.id2label)
+        family(self.model_type)
         if not isinstance(self.extra, dict):
             raise _bad("extra", self.extra, "an object (the config.json keys this class does not model)")
 
@@ -210,10 +291,6 @@ class RobertaConfig:
             extra.update(extra.pop("extra"))
         if extra:
             logger.debug("config keys kept but not used by the model: %s", sorted(extra))
-        if d.get("model_type", "roberta") not in ("roberta", "xlm-roberta", "camembert"):
-            logger.warning(
-                "config.json has model_type %s; reading it as a RoBERTa config", _show(d["model_type"])
-            )
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
@@ -230,7 +307,6 @@ class RobertaConfig:
         for k in ("problem_type", "classifier_dropout"):
             if d[k] is None:
                 d.pop(k)
-        d["model_type"] = "roberta"
         return {**self.extra, **d}
 
     @classmethod

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 from roberta.architectures import architecture_of
+from roberta.config import roberta_architecture
 from roberta.tasks import classify, embed, fill_mask, multiple_choice, ner, qa, translate
 from roberta.tasks.classify import Classifier
 from roberta.tasks.common import Task
@@ -43,10 +44,11 @@ def get_task(name: str) -> Task:
 
 def task_of(name_or_path: str | os.PathLike) -> str:
     """The task of a checkpoint: what its config.json's `architectures` says it was saved as
-    (a base or masked-LM checkpoint fills masks; `--task embed` serves any checkpoint's encoder)."""
+    (a base or masked-LM checkpoint fills masks; `--task embed` serves any checkpoint's encoder).
+    A family's names read as RoBERTa's: `XLMRobertaForTokenClassification` is a ner checkpoint."""
     name = architecture_of(name_or_path)
     for task in TASKS.values():
-        if name in task.architectures:
+        if roberta_architecture(name) in task.architectures:
             return task.name
     raise ValueError(
         f"{name_or_path} holds a {name}, which has no task here; pass --task, one of {', '.join(TASKS)}"
