@@ -4,7 +4,7 @@ Imports are read from the source (an AST walk, lazy imports inside functions inc
 import that closes a circle is still a circle). Each module sits in a layer; a module may import
 its own layer and the layers below, never above, and the graph has no cycle:
 
-    entry points   cli, serve, export, the package's __init__
+    entry points   cli, serve, export, interpret, the package's __init__
     tasks          roberta/tasks/*  (the registry and one module per task)
     library        predict (the predictor base), train, pretrain, heads, seq2seq, tokenizer, ...
     model          model, checkpoint
@@ -40,7 +40,9 @@ LAYERS: list[tuple[str, set[str]]] = [
         },
     ),
     ("tasks", {"tasks"}),  # the subpackage: every module in roberta/tasks/
-    ("entry points", {"cli", "serve", "export", "__init__", "__main__"}),
+    # the entry points, and the modules that work over every task through the registry (ONNX
+    # export, attributions): cli and serve call them
+    ("entry points", {"cli", "serve", "export", "interpret", "__init__", "__main__"}),
 ]
 # Pairs that must not import each other even though the layers would allow it.
 FORBIDDEN = {("predict", "train"), ("train", "predict")}
