@@ -21,8 +21,10 @@ TOKENIZER_FILES = [
     "encoder.json",
     "vocab.bpe",
     "dict.txt",
+    "sentencepiece.bpe.model",  # XLM-R, CamemBERT
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "config.json",  # the model's family (model_type) and its longest input
 ]
 
 

@@ -1,4 +1,5 @@
-"""Tokenizer: RoBERTa's byte-level BPE, built on the `tokenizers` library.
+"""Tokenizer: RoBERTa's byte-level BPE, and the SentencePiece vocabularies of XLM-R and CamemBERT,
+built on the `tokenizers` library.
 
 The pipeline is roberta-base's own `tokenizer.json`: a BPE model over GPT-2's byte alphabet, the
 ByteLevel pre-tokenizer (spaces belong to the next word: `" Hello"` -> `ĠHello`), the ByteLevel
@@ -9,6 +10,11 @@ ByteLevel offset rule). `<mask>` strips the space before it, so `"is <mask>."` g
 
 Calling the tokenizer follows `transformers.RobertaTokenizerFast` (same ids, masks, offsets,
 truncation and overflow windows); the tests hold it to that reference on the real vocabulary.
+
+The families on RoBERTa's encoder (`FAMILIES` in roberta/config.py) bring their own tokenizers: a
+`tokenizer.json` that is not byte-level BPE (XLM-R's and CamemBERT's Unigram, with their Precompiled
+normalizer and Metaspace pre-tokenizer) is used as the file says, and a `sentencepiece.bpe.model`
+loads with fairseq's ids (`from_sentencepiece`); both then equal transformers' tokenizer of the family.
 
     tok = Tokenizer.from_pretrained("path/to/roberta-base")
     batch = tok(["Hello world", "Hi"], padding=True, return_tensors="pt")
@@ -29,14 +35,16 @@ from typing import Any
 import numpy as np
 import tokenizers
 import torch
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from roberta import hub
 from roberta.atomic import write_text_atomic
+from roberta.config import FAMILIES, NOT_YET_SUPPORTED, family
 
 BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
 # RoBERTa's ids: <s>=0 <pad>=1 </s>=2 <unk>=3 (fairseq's dictionary order); <mask> is the last id.
 SPECIAL_TOKENS = (BOS, PAD, EOS, UNK, MASK)
+SENTENCEPIECE_FILE = "sentencepiece.bpe.model"  # XLM-R's and CamemBERT's vocabulary
 DEFAULT_MODEL_MAX_LENGTH = 512  # roberta-base: 514 positions = 512 tokens + the pad offset
 RETURN_TENSORS = (None, "pt", "np")  # lists, torch.long tensors, numpy int64 arrays (ONNX runtimes)
 
@@ -115,16 +123,20 @@ class Encoding(dict):
 
 
 class Tokenizer:
-    """RoBERTa's byte-level BPE tokenizer: text -> ids, ids -> text.
+    """A RoBERTa-family tokenizer: text -> ids, ids -> text.
 
     Args:
-        backend: a `tokenizers.Tokenizer` with a byte-level BPE model that knows the five special
-            tokens `<s> <pad> </s> <unk> <mask>`. Its pre-tokenizer, decoder and post-processor are
-            (re)set to RoBERTa's.
-        add_prefix_space: treat the text as if it began with a space, so its first word gets the
-            same ids as it would mid-sentence. roberta-base was trained without it (False).
+        backend: a `tokenizers.Tokenizer` that knows the five special tokens `<s> <pad> </s> <unk>
+            <mask>`. A byte-level BPE one (RoBERTa's) gets RoBERTa's pre-tokenizer, decoder and
+            post-processor; any other (XLM-R's and CamemBERT's Unigram) is used as it is.
+        add_prefix_space: byte-level BPE only: treat the text as if it began with a space, so its
+            first word gets the same ids as it would mid-sentence. roberta-base was trained without
+            it (False). A SentencePiece pipeline keeps its own Metaspace setting.
         model_max_length: the longest input the model takes, in tokens (512 for roberta-base); the
             default `max_length` of truncation and of `padding="max_length"`.
+        model_type: the family (`FAMILIES` in roberta/config.py), which names the tokenizer class
+            that `save_pretrained` writes; None: "roberta" for byte-level BPE, else "camembert" when
+            the vocabulary has CamemBERT's `<s>NOTUSED`, else "xlm-roberta".
     """
 
     def __init__(
@@ -133,11 +145,20 @@ class Tokenizer:
         *,
         add_prefix_space: bool = False,
         model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+        model_type: str | None = None,
     ):
         missing = [t for t in SPECIAL_TOKENS if backend.token_to_id(t) is None]
         if missing:
-            raise ValueError(f"the tokenizer lacks RoBERTa's special tokens {missing}")
-        _set_roberta_pipeline(backend, add_prefix_space)
+            raise ValueError(
+                f"the tokenizer lacks RoBERTa's special tokens {missing}; supported: the tokenizers of "
+                f"{', '.join(f.name for f in FAMILIES.values())}. {NOT_YET_SUPPORTED}"
+            )
+        self._byte_level = _is_byte_level(backend)
+        if model_type is None:
+            model_type = "roberta" if self._byte_level else _sentencepiece_family(backend)
+        self.model_type = family(model_type).model_type
+        if self._byte_level:
+            _set_roberta_pipeline(backend, add_prefix_space)
         backend.no_truncation()  # set per call instead (a tokenizer.json may carry its own)
         backend.no_padding()
         self._backend = backend
@@ -177,6 +198,25 @@ class Tokenizer:
         return cls(backend, **kwargs)
 
     @classmethod
+    def from_sentencepiece(
+        cls, model_file: str | os.PathLike, model_type: str = "xlm-roberta", **kwargs: Any
+    ) -> Tokenizer:
+        """Load XLM-R's or CamemBERT's `sentencepiece.bpe.model` with fairseq's ids.
+
+        XLM-R: `<s> <pad> </s> <unk>` are 0..3 and SentencePiece id i (from 3 on) is i + 1;
+        CamemBERT: `<s>NOTUSED <pad> </s>NOTUSED <unk> <unk>NOTUSED` first and SentencePiece id i
+        (from 1 on) is i + 4; `<mask>` is the last id (see `FAMILIES`). The pipeline is transformers':
+        the model's Precompiled normalizer, whitespace split, Metaspace (a `▁` before every word),
+        `<s> A </s>` / `<s> A </s></s> B </s>`. Needs the `sentencepiece` and `protobuf` packages
+        (`pip install 'roberta[sentencepiece]'`). Keyword arguments go to the constructor.
+        """
+        layout = family(model_type).sentencepiece
+        if layout is None:
+            raise ValueError(f"model_type {model_type!r} has no SentencePiece vocabulary")
+        proto = _read_sentencepiece(Path(model_file))
+        return cls(_sentencepiece_backend(proto, layout), model_type=model_type, **kwargs)
+
+    @classmethod
     def from_fairseq(
         cls,
         encoder: str | os.PathLike,
@@ -203,8 +243,10 @@ class Tokenizer:
     ) -> Tokenizer:
         """Load from a folder, a built-in model or a Hub id (see `roberta.hub.resolve`).
 
-        The folder may hold `tokenizer.json`, else `vocab.json` + `merges.txt`, else fairseq's
-        `encoder.json` + `vocab.bpe` + `dict.txt` (first found wins). `tokenizer_config.json`, if
+        The folder may hold `tokenizer.json`, else `vocab.json` + `merges.txt`, else XLM-R's or
+        CamemBERT's `sentencepiece.bpe.model` (the family from tokenizer_config.json's
+        `tokenizer_class`, else config.json's `model_type`), else fairseq's `encoder.json` +
+        `vocab.bpe` + `dict.txt` (first found wins). `tokenizer_config.json`, if
         present, gives `model_max_length` and `add_prefix_space`; arguments that are not None
         override it. When the folder also holds a model whose `config.json` has room for fewer
         tokens than that `model_max_length` (max_position_embeddings - pad_token_id - 1), the
@@ -237,12 +279,17 @@ class Tokenizer:
             return cls.from_file(folder / "tokenizer.json", **kwargs)
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             return cls.from_files(folder / "vocab.json", folder / "merges.txt", **kwargs)
+        if (folder / SENTENCEPIECE_FILE).is_file():
+            model_type = _folder_family(folder, config)
+            return cls.from_sentencepiece(folder / SENTENCEPIECE_FILE, model_type, **kwargs)
         fairseq = [folder / name for name in ("encoder.json", "vocab.bpe", "dict.txt")]
         if all(f.is_file() for f in fairseq):
             return cls.from_fairseq(*fairseq, **kwargs)
+        found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
         raise FileNotFoundError(
-            f"no tokenizer in {folder}: looked for tokenizer.json, or vocab.json + merges.txt, "
-            "or encoder.json + vocab.bpe + dict.txt"
+            f"no tokenizer in {folder} (found: {found}); supported: tokenizer.json, vocab.json + "
+            f"merges.txt (RoBERTa), {SENTENCEPIECE_FILE} (XLM-R, CamemBERT), or fairseq's encoder.json + "
+            f"vocab.bpe + dict.txt. {NOT_YET_SUPPORTED}"
         )
 
     @classmethod
@@ -287,29 +334,27 @@ class Tokenizer:
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write the tokenizer so that both `from_pretrained` and transformers' AutoTokenizer load it.
 
-        Writes `tokenizer.json`, `vocab.json`, `merges.txt`, `tokenizer_config.json` and
-        `special_tokens_map.json`, each atomically (a temp file in the folder, then a rename).
-        Returns the folder.
+        Writes `tokenizer.json`, `tokenizer_config.json` (the family's tokenizer class) and
+        `special_tokens_map.json`, and for byte-level BPE also `vocab.json` and `merges.txt`, each
+        atomically (a temp file in the folder, then a rename). Returns the folder.
         """
         folder = Path(save_directory)
         tokenizer_json = self._backend.to_str(pretty=True)
-        token_ids = sorted(self.get_vocab().items(), key=lambda item: item[1])
         config = {
-            "tokenizer_class": "RobertaTokenizer",
+            "tokenizer_class": FAMILIES[self.model_type].tokenizer_class,
             "model_max_length": self.model_max_length,
-            "add_prefix_space": self.add_prefix_space,
-            "trim_offsets": True,
-            "errors": "replace",
             **{k: v for k, v in _SPECIAL_TOKENS_MAP.items() if k != "mask_token"},
             "mask_token": MASK,
         }
-        files = {
-            "tokenizer.json": tokenizer_json,
-            "vocab.json": json.dumps(dict(token_ids), ensure_ascii=False),
-            "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _merges_of(tokenizer_json)),
-            "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
-            "special_tokens_map.json": json.dumps(_SPECIAL_TOKENS_MAP, indent=2) + "\n",
-        }
+        files = {"tokenizer.json": tokenizer_json}
+        if self._byte_level:
+            config.update(add_prefix_space=self.add_prefix_space, trim_offsets=True, errors="replace")
+            token_ids = sorted(self.get_vocab().items(), key=lambda item: item[1])
+            merges = "".join(f"{a} {b}\n" for a, b in _merges_of(tokenizer_json))
+            files.update({"vocab.json": json.dumps(dict(token_ids), ensure_ascii=False)})
+            files["merges.txt"] = "#version: 0.2\n" + merges
+        files["tokenizer_config.json"] = json.dumps(config, indent=2) + "\n"
+        files["special_tokens_map.json"] = json.dumps(_SPECIAL_TOKENS_MAP, indent=2) + "\n"
         for name, text in files.items():
             write_text_atomic(folder / name, text)
         return folder
@@ -355,8 +400,8 @@ class Tokenizer:
                 extra rows (windows of the truncated sequence overlapping by `stride`) and add
                 `overflow_to_sample_mapping`; the output is then always batched.
             is_split_into_words: the input is already split into words; each word is encoded as
-                if preceded by a space (RoBERTa's `add_prefix_space=True` behaviour), and
-                `word_ids()` indexes the given words.
+                if preceded by a space (RoBERTa's `add_prefix_space=True` behaviour; SentencePiece's
+                Metaspace puts `▁` before each word), and `word_ids()` indexes the given words.
             add_special_tokens: add `<s>`/`</s>` around the sequence(s).
 
         Returns:
@@ -401,7 +446,7 @@ class Tokenizer:
         backend = self._backend
         with self._lock:
             try:
-                if is_split_into_words and not self._add_prefix_space:
+                if self._byte_level and is_split_into_words and not self._add_prefix_space:
                     _set_roberta_pipeline(backend, add_prefix_space=True)
                 if strategy is not None:
                     backend.enable_truncation(length, stride=stride, strategy=strategy)
@@ -412,7 +457,8 @@ class Tokenizer:
                     inputs, is_pretokenized=is_split_into_words, add_special_tokens=add_special_tokens
                 )
             finally:
-                _set_roberta_pipeline(backend, self._add_prefix_space)
+                if self._byte_level:
+                    _set_roberta_pipeline(backend, self._add_prefix_space)
                 backend.no_truncation()
                 backend.no_padding()
 
@@ -510,7 +556,7 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (
             f"Tokenizer(vocab_size={self.vocab_size}, model_max_length={self.model_max_length}, "
-            f"add_prefix_space={self.add_prefix_space})"
+            f"add_prefix_space={self.add_prefix_space}, model_type={self.model_type!r})"
         )
 
 
@@ -541,6 +587,86 @@ def _set_roberta_pipeline(backend: tokenizers.Tokenizer, add_prefix_space: bool)
         trim_offsets=True,
         add_prefix_space=add_prefix_space,
     )
+
+
+def _is_byte_level(backend: tokenizers.Tokenizer) -> bool:
+    """Whether `backend` is RoBERTa's kind: a BPE model with the ByteLevel pre-tokenizer (or none
+    yet, as built from vocab.json + merges.txt)."""
+    pre = backend.pre_tokenizer
+    return isinstance(backend.model, models.BPE) and (
+        pre is None or isinstance(pre, pre_tokenizers.ByteLevel)
+    )
+
+
+def _sentencepiece_family(backend: tokenizers.Tokenizer) -> str:
+    """CamemBERT's vocabulary starts with `<s>NOTUSED`; XLM-R's with `<s>`."""
+    return "camembert" if backend.token_to_id("<s>NOTUSED") is not None else "xlm-roberta"
+
+
+def _folder_family(folder: Path, tokenizer_config: dict[str, Any]) -> str:
+    """The family of a folder's `sentencepiece.bpe.model`: tokenizer_config.json's tokenizer_class,
+    else config.json's model_type; ValueError when neither names XLM-R or CamemBERT."""
+    by_class = {f.tokenizer_class: f.model_type for f in FAMILIES.values() if f.sentencepiece}
+    name = str(tokenizer_config.get("tokenizer_class", "")).removesuffix("Fast")
+    if name in by_class:
+        return by_class[name]
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if model_type in FAMILIES and FAMILIES[model_type].sentencepiece:
+        return model_type
+    raise ValueError(
+        f"{folder / SENTENCEPIECE_FILE}: cannot tell whose SentencePiece vocabulary it is (tokenizer_config.json's "
+        f"tokenizer_class {name or None!r}, config.json's model_type {model_type!r}); supported: "
+        f"{', '.join(f'{f.model_type} ({f.tokenizer_class})' for f in FAMILIES.values() if f.sentencepiece)}"
+    )
+
+
+def _read_sentencepiece(path: Path) -> Any:
+    """A SentencePiece `ModelProto` (its pieces, scores, normalizer spec), read with the protobuf
+    classes that the `sentencepiece` package ships."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as e:
+        raise ImportError(
+            f"reading {path.name} needs the sentencepiece and protobuf packages ({e}): "
+            "pip install 'roberta[sentencepiece]'"
+        ) from None
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as e:  # protobuf's DecodeError, or an OSError
+        raise ValueError(
+            f"{path} could not be read as a SentencePiece model ({type(e).__name__}: {e})"
+        ) from None
+    if proto.trainer_spec.model_type != 1:  # UNIGRAM (XLM-R's and CamemBERT's, despite the .bpe name)
+        raise ValueError(f"{path} is not a Unigram SentencePiece model (XLM-R's and CamemBERT's kind)")
+    return proto
+
+
+def _sentencepiece_backend(proto: Any, layout: tuple[tuple[str, ...], int]) -> tokenizers.Tokenizer:
+    """A Unigram `tokenizers.Tokenizer` in fairseq's order, set up as transformers builds XLM-R's
+    and CamemBERT's tokenizers from the same file (so the two give the same ids and offsets)."""
+    leading, first = layout
+    # CamemBERT's unused copy of <unk> is scored down so that it is never chosen over the real one
+    vocab = [(t, -100.0 if t == "<unk>NOTUSED" else 0.0) for t in leading]
+    vocab += [(p.piece, p.score) for p in proto.pieces[first:]]
+    vocab.append((MASK, 0.0))
+    backend = tokenizers.Tokenizer(models.Unigram(vocab, unk_id=leading.index(UNK), byte_fallback=False))
+    if proto.normalizer_spec.precompiled_charsmap:
+        backend.normalizer = normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap)
+    metaspace = dict(replacement="▁", prepend_scheme="always", split=True)
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(**metaspace)]
+    )
+    backend.decoder = decoders.Metaspace(**metaspace)
+    _add_special_tokens(backend)
+    bos, eos = (BOS, backend.token_to_id(BOS)), (EOS, backend.token_to_id(EOS))
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} {EOS} $B {EOS}", special_tokens=[bos, eos]
+    )
+    return backend
 
 
 def _read_merges(path: str | os.PathLike) -> list[tuple[str, str]]:

@@ -139,3 +139,173 @@ def test_an_unknown_model_type_is_one_clear_error(tmp_path):
         RobertaModel.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="BERT, MiniLM and sentence-transformers .* not supported yet"):
         RobertaConfig.from_dict({"model_type": "bert"})
+
+
+# ---- tokenizers: XLM-R and CamemBERT, from sentencepiece.bpe.model and from tokenizer.json ------
+
+TEXTS = [
+    "The old man walked slowly to the <mask>.",
+    "Zwei junge Männer spielen Fußball auf der Straße.",
+    "Ça va? Größe, naïve café",
+    "Привет, мир! Как дела?",
+    "日本語のテキストと中文",
+    "مرحبا بالعالم",
+    "combining: e\u0301te\u0301 and n\u0303",
+    "emoji: I ❤️ 🍕 and 👩‍👩‍👧!",
+    "<mask> at the start, and<mask>glued, and two <mask> <mask>",
+    "  spaces   between\twords\nand lines  ",
+    "",
+]
+PAIRS = [(TEXTS[0], TEXTS[1]), ("Wer spielt?", TEXTS[2] * 3), (TEXTS[3], TEXTS[7])]
+TOKENIZER_CLASSES = {"xlm-roberta": "XLMRobertaTokenizer", "camembert": "CamembertTokenizer"}
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_model(data_dir, tmp_path_factory):
+    """A Unigram SentencePiece model (vocabulary 1,000) trained on 3,000 English and 3,000 German
+    lines of Multi30k, as XLM-R's and CamemBERT's are (SentencePiece's <unk> <s> </s> at 0..2)."""
+    spm = pytest.importorskip("sentencepiece")
+    lines = []
+    for name in ("train.en", "train.de"):
+        lines += (data_dir / "multi30k" / name).read_text(encoding="utf-8").splitlines()[:3000]
+    prefix = tmp_path_factory.mktemp("spm") / "sp"
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=str(prefix),
+        vocab_size=1000,
+        model_type="unigram",
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    return prefix.with_suffix(".model")
+
+
+@pytest.fixture(scope="module", params=list(TOKENIZER_CLASSES))
+def family_tokenizers(request, sentencepiece_model, tmp_path_factory):
+    """(family, transformers' tokenizer, ours from sentencepiece.bpe.model, ours from the
+    tokenizer.json that transformers saved, that folder)."""
+    from tokenizers import AddedToken
+
+    from roberta.tokenizer import Tokenizer
+
+    family = request.param
+    spm_dir = tmp_path_factory.mktemp(f"{family}-spm")
+    (spm_dir / "sentencepiece.bpe.model").write_bytes(sentencepiece_model.read_bytes())
+    (spm_dir / "config.json").write_text(json.dumps({"model_type": family}))  # how the family is told
+    # <mask> takes the space before it, as in fairseq, RoBERTa and the Hub's tokenizer.json of both
+    # families (transformers 5 gives XLM-R's lstrip=False when it builds one from the .model)
+    mask = AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True)
+    ref = getattr(transformers, TOKENIZER_CLASSES[family]).from_pretrained(spm_dir, mask_token=mask)
+    json_dir = tmp_path_factory.mktemp(f"{family}-json")
+    ref.save_pretrained(json_dir)
+    return family, ref, Tokenizer.from_pretrained(spm_dir), Tokenizer.from_pretrained(json_dir), json_dir
+
+
+KEYS = ("input_ids", "attention_mask", "offset_mapping", "special_tokens_mask")
+
+
+def as_lists(encoding, key):
+    rows = encoding[key]
+    return [[tuple(x) for x in r] for r in rows] if key == "offset_mapping" else rows
+
+
+def assert_same(ours, ref, *args, **kw) -> None:
+    """ids, masks, offsets (and the overflow mapping) of ours and transformers' tokenizer agree."""
+    kw.update(return_offsets_mapping=True, return_special_tokens_mask=True)
+    a, b = ours(*args, **kw), ref(*args, **kw)
+    keys = KEYS + (("overflow_to_sample_mapping",) if kw.get("return_overflowing_tokens") else ())
+    for key in keys:
+        assert as_lists(a, key) == as_lists(b, key), (key, args, kw)
+
+
+def test_family_tokenizers_equal_transformers(family_tokenizers):
+    family, ref, from_model, from_json, _ = family_tokenizers
+    for ours in (from_model, from_json):
+        assert ours.model_type == family and len(ours) == len(ref)
+        assert [
+            ours.bos_token_id,
+            ours.pad_token_id,
+            ours.eos_token_id,
+            ours.unk_token_id,
+            ours.mask_token_id,
+        ] == [
+            ref.bos_token_id,
+            ref.pad_token_id,
+            ref.eos_token_id,
+            ref.unk_token_id,
+            ref.mask_token_id,
+        ]
+        assert_same(ours, ref, TEXTS, padding=True)
+        assert_same(ours, ref, [p[0] for p in PAIRS], [p[1] for p in PAIRS], padding=True)
+        assert_same(ours, ref, TEXTS, truncation=True, max_length=7)
+        questions, contexts = ["Wer spielt?", "Что это?"], [TEXTS[1] + " " + TEXTS[2], TEXTS[3] + TEXTS[7]]
+        window = dict(truncation="only_second", max_length=16, stride=3, return_overflowing_tokens=True)
+        assert_same(ours, ref, questions, contexts, padding="max_length", **window)
+        words = [t.split() for t in TEXTS if t.strip()]
+        assert_same(ours, ref, words, is_split_into_words=True, padding=True)
+        assert ours(words, is_split_into_words=True).word_ids(1) == ref(
+            words, is_split_into_words=True
+        ).word_ids(1)
+        ids = ref(TEXTS)["input_ids"]
+        assert ours.batch_decode(ids, skip_special_tokens=True) == ref.batch_decode(
+            ids, skip_special_tokens=True
+        )
+
+
+def test_fairseq_ids_of_the_sentencepiece_vocabulary(family_tokenizers, sentencepiece_model):
+    """XLM-R: SentencePiece id i is i + 1; CamemBERT: i + 4, with <s> </s> at 5, 6; <mask> last."""
+    import sentencepiece
+
+    family, _, ours, _, _ = family_tokenizers
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(sentencepiece_model))
+    offset = {"xlm-roberta": 1, "camembert": 4}[family]
+    for i in (3, 4, 100, sp.get_piece_size() - 1):
+        assert ours.convert_tokens_to_ids(sp.id_to_piece(i)) == i + offset
+    assert ours.mask_token_id == sp.get_piece_size() + offset == len(ours) - 1
+    specials = {"xlm-roberta": [0, 1, 2, 3], "camembert": [5, 1, 6, 3]}[family]
+    assert [ours.bos_token_id, ours.pad_token_id, ours.eos_token_id, ours.unk_token_id] == specials
+
+
+def test_a_family_tokenizer_json_is_kept_as_the_file_says(family_tokenizers, tmp_path):
+    from tokenizers import models, pre_tokenizers
+
+    family, ref, _, ours, json_dir = family_tokenizers
+    assert isinstance(ours.backend.model, models.Unigram)
+    assert not isinstance(ours.backend.pre_tokenizer, pre_tokenizers.ByteLevel)
+    # saved by us: tokenizer.json and the family's class, which transformers' AutoTokenizer builds
+    ours.save_pretrained(tmp_path)
+    assert not (tmp_path / "vocab.json").exists()
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == TOKENIZER_CLASSES[family]
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert type(again) is type(ref)
+    assert again(TEXTS)["input_ids"] == ref(TEXTS)["input_ids"]
+
+
+def test_a_folder_without_a_tokenizer_names_what_it_found(tmp_path):
+    from roberta.tokenizer import Tokenizer
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    with pytest.raises(
+        FileNotFoundError, match=r"found: config.json, vocab.txt\); supported: tokenizer.json.*"
+    ):
+        Tokenizer.from_pretrained(tmp_path)
+
+
+def test_a_sentencepiece_model_of_no_known_family_is_a_clear_error(sentencepiece_model, tmp_path):
+    from roberta.tokenizer import Tokenizer
+
+    (tmp_path / "sentencepiece.bpe.model").write_bytes(sentencepiece_model.read_bytes())
+    with pytest.raises(ValueError, match="cannot tell whose SentencePiece vocabulary.*xlm-roberta"):
+        Tokenizer.from_pretrained(tmp_path)
+
+
+def test_without_sentencepiece_the_error_names_the_extra(sentencepiece_model, monkeypatch):
+    import sys
+
+    from roberta.tokenizer import Tokenizer
+
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)
+    with pytest.raises(ImportError, match=r"pip install 'roberta\[sentencepiece\]'"):
+        Tokenizer.from_sentencepiece(sentencepiece_model)
