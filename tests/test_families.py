@@ -309,3 +309,28 @@ def test_without_sentencepiece_the_error_names_the_extra(sentencepiece_model, mo
     monkeypatch.setitem(sys.modules, "sentencepiece", None)
     with pytest.raises(ImportError, match=r"pip install 'roberta\[sentencepiece\]'"):
         Tokenizer.from_sentencepiece(sentencepiece_model)
+
+
+@torch.no_grad()
+def test_fill_mask_runs_on_a_family_folder(family_tokenizers, tmp_path):
+    """A whole family folder (transformers' tiny masked LM + its tokenizer.json) serves fill-mask:
+    the same top tokens as transformers' masked LM on the same ids."""
+    from roberta.tasks import FillMask
+
+    family, ref_tok, _, _, json_dir = family_tokenizers
+    overrides = dict(
+        vocab_size=len(ref_tok), bos_token_id=ref_tok.bos_token_id, eos_token_id=ref_tok.eos_token_id
+    )
+    config_name = {"xlm-roberta": "XLMRobertaConfig", "camembert": "CamembertConfig"}[family]
+    values = {k: v for k, v in hf_config(**overrides).to_dict().items() if k != "model_type"}
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForMaskedLM.from_config(getattr(transformers, config_name)(**values)).eval()
+    hf.save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((json_dir / name).read_bytes())
+    assert task_of(tmp_path) == "fill-mask"
+    text = "Zwei Männer gehen zur <mask>."
+    best = FillMask.from_pretrained(tmp_path).fill_mask(text, top_k=3)
+    batch = ref_tok(text, return_tensors="pt")
+    logits = hf(**batch).logits[0, batch["input_ids"][0].tolist().index(ref_tok.mask_token_id)]
+    assert [p["token"] for p in best] == logits.topk(3).indices.tolist()
