@@ -520,32 +520,84 @@ def run_task(args) -> None:
 
 
 def add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="serve a model over HTTP, batching the requests that arrive together")
+    p = sub.add_parser(
+        "serve",
+        help="serve models over HTTP, batching the requests that arrive together",
+        conflict_handler="resolve",  # --model below replaces _predictor_options' one
+    )
     _predictor_options(p)
-    p.add_argument("--task", help="the task to serve (default: what the checkpoint was saved for)")
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="[NAME=]PATH",
+        help=f"a checkpoint folder, built-in model or Hub id, optionally named (requests pick it by its "
+        f"`model` field); repeat to serve several (default: {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--task",
+        action="append",
+        help="the task to serve: once for every model or once per --model (default: what each checkpoint "
+        "was saved for)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="default: 8000")
+    p.add_argument(
+        "--max-batch-tokens",
+        type=positive_int,
+        default=16384,
+        help="tokens in one batch of requests; a larger request goes alone (default: 16384)",
+    )
+    p.add_argument(
+        "--max-batch-requests", type=positive_int, help="requests in one batch (default: no limit)"
+    )
+    p.add_argument(
+        "--max-client-batch-size", type=positive_int, default=32, help="inputs in one request (default: 32)"
+    )
+    p.add_argument(
+        "--max-concurrent-requests",
+        type=positive_int,
+        default=512,
+        help="requests in flight; past it a request gets 429 at once (default: 512)",
+    )
+    p.add_argument(
+        "--payload-limit", type=positive_int, default=2_000_000, help="bytes of a body (default: 2000000)"
+    )
     p.add_argument(
         "--max-wait-ms",
         type=float,
         default=5.0,
         help="how long a request waits for others to share its batch (default: 5)",
     )
+    p.add_argument(
+        "--auto-truncate",
+        action="store_true",
+        help="cut inputs longer than the model reads unless a request says truncate: false "
+        "(default: such inputs get 413)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("ROBERTA_API_KEY"),
+        help="require Authorization: Bearer KEY on every route but /health, /metrics and the docs "
+        "(default: $ROBERTA_API_KEY, else none)",
+    )
     p.set_defaults(func=run_serve)
 
 
 def run_serve(args) -> None:
-    from roberta.serve import serve
+    from roberta.serve import Settings, serve
 
-    serve(
-        args.model,
-        args.task,
-        args.host,
-        args.port,
-        args.batch_size,
-        args.max_wait_ms,
-        **_predictor_args(args),
+    settings = Settings(
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_requests=args.max_batch_requests,
+        max_client_batch_size=args.max_client_batch_size,
+        max_concurrent_requests=args.max_concurrent_requests,
+        payload_limit=args.payload_limit,
+        max_wait_ms=args.max_wait_ms,
+        batch_size=args.batch_size,
+        auto_truncate=args.auto_truncate,
+        api_key=args.api_key or None,
     )
+    serve(args.model or [DEFAULT_MODEL], args.task, args.host, args.port, settings, **_predictor_args(args))
 
 
 # ---- export-onnx -------------------------------------------------------------------------------
