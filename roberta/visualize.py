@@ -1,4 +1,5 @@
-"""Pictures of attention: a PNG heatmap (one head, or a grid of layers x heads) and an HTML head view.
+"""Pictures of attention: a PNG heatmap (one head, or a grid of layers x heads) and an HTML page with
+a head view and a model view.
 
 `model(ids, mask, output_attentions=True).attentions` is a tuple of L tensors (B, nh, T, T): row i
 of head h says how much token i (the query) attends to each token j (the keys); each row sums to 1
@@ -223,7 +224,9 @@ def save_attention_html(
 def attention_html(maps: AttentionMaps, layer: int = 0, head: int = 0, title: str = "Attention") -> str:
     """A self-contained page: tokens in two columns, a line from each token (left) to each token it
     attends to (right) with opacity = weight; <select>s for layer and head (starting at `layer`,
-    `head`); hovering a token shows only its lines. The weights are embedded as JSON."""
+    `head`); hovering a token shows only its lines. Below it, the model view (bertviz's): every
+    layer x head as a small picture of its lines; clicking one opens it in the head view. The
+    weights are embedded as JSON."""
     L, nh, _, _ = maps.weights.shape
     _index(layer, L, "layer")
     _index(head, nh, "head")
@@ -259,6 +262,14 @@ _PAGE = """<!doctype html>
   svg text.focused { font-weight: bold; }
   svg line.attn { stroke-width: 2; }
   svg rect.mark { fill: currentColor; }
+  h2 { font-size: 1.05em; font-weight: 600; margin: 1.6em 0 0.3em; }
+  #model-view { display: grid; gap: 6px; margin-top: 0.6em; justify-content: start; }
+  #model-view .cell { border: 2px solid transparent; border-radius: 4px; padding: 2px; cursor: pointer;
+                      text-align: center; font-size: 11px; color: #555; }
+  #model-view .cell:hover { border-color: #bbb; }
+  #model-view .cell.selected { border-color: #333; color: #000; font-weight: 600; }
+  #model-view .row-label { align-self: center; font-size: 11px; color: #555; text-align: right; padding-right: 4px; }
+  #model-view canvas { display: block; background: #fafafa; }
 </style>
 </head>
 <body>
@@ -270,6 +281,10 @@ __NOTE__
   <span class="hint">Lines go from each token (left) to the tokens it attends to (right). Hover a token to see only its lines.</span>
 </div>
 <svg id="view" xmlns="http://www.w3.org/2000/svg"></svg>
+<h2>Model view: every layer and head</h2>
+<div class="hint">One small picture per head, layers down, heads across: lines from each token (left) to
+the tokens it attends to (right). Click one to open it in the head view above.</div>
+<div id="model-view"></div>
 <script type="application/json" id="attention-data">__DATA__</script>
 <script>
 (function () {
@@ -353,11 +368,61 @@ __NOTE__
       t.addEventListener("mouseleave", function () { draw(null); });
     });
   }
-  layerSel.addEventListener("change", function () { draw(null); });
-  headSel.addEventListener("change", function () { draw(null); });
-  draw(null);
+  // the model view: one canvas per (layer, head)
+  const grid = document.getElementById("model-view"), THUMB = 84, cells = [];
+  grid.style.gridTemplateColumns = "4.5em repeat(" + H + ", " + (THUMB + 8) + "px)";
+  function thumbnail(canvas, a, color) {
+    const ctx = canvas.getContext("2d"), pad = 6, step = T > 1 ? (THUMB - 2 * pad) / (T - 1) : 0;
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 1;
+    for (let i = 0; i < T; i++) {
+      for (let j = 0; j < T; j++) {
+        if (a[i][j] < 0.01) continue;
+        ctx.globalAlpha = a[i][j];
+        ctx.beginPath();
+        ctx.moveTo(pad, pad + i * step);
+        ctx.lineTo(THUMB - pad, pad + j * step);
+        ctx.stroke();
+      }
+    }
+  }
+  for (let l = 0; l < L; l++) {
+    const label = document.createElement("div");
+    label.className = "row-label";
+    label.textContent = "layer " + l;
+    grid.appendChild(label);
+    for (let h = 0; h < H; h++) {
+      const cell = document.createElement("div"), canvas = document.createElement("canvas");
+      cell.className = "cell";
+      cell.dataset.layer = l;
+      cell.dataset.head = h;
+      cell.title = "layer " + l + " head " + h + ": open in the head view";
+      canvas.width = canvas.height = THUMB;
+      thumbnail(canvas, data.attention[l][h], COLORS[h % COLORS.length]);
+      cell.appendChild(canvas);
+      cell.append("L" + l + " H" + h);
+      cell.addEventListener("click", function () {
+        layerSel.value = String(l);
+        headSel.value = String(h);
+        show();
+        svg.scrollIntoView({block: "nearest"});
+      });
+      grid.appendChild(cell);
+      cells.push(cell);
+    }
+  }
+  function show() {
+    for (const c of cells) {
+      c.classList.toggle("selected", c.dataset.layer === layerSel.value && c.dataset.head === headSel.value);
+    }
+    draw(null);
+  }
+  layerSel.addEventListener("change", show);
+  headSel.addEventListener("change", show);
+  show();
 })();
 </script>
 </body>
 </html>
 """
+

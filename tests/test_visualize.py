@@ -250,3 +250,38 @@ def test_long_page_in_a_browser(browser, tmp_path):
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
     assert len(browser.execute_script(OPACITIES)) == 64 * 64
     assert "showing the first 64 of 150 tokens" in browser.find_element("css selector", "p.note").text
+
+
+def test_model_view_in_a_browser(browser, tiny_model_dir, tmp_path):
+    """Every layer x head as a small picture; clicking one opens it in the head view."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    page = tmp_path / "model.html"
+    assert main(["attention", "The quick brown fox jumps over the lazy dog.", "--model", str(tiny_model_dir),
+                 "--out", str(page)]) == 0  # fmt: skip
+    a = np.array(page_data(page.read_text(encoding="utf-8"))["attention"])  # (L, nh, T, T)
+    L, nh, T = a.shape[0], a.shape[1], a.shape[2]
+    browser.get(page.as_uri())
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    cells = browser.find_elements(By.CSS_SELECTOR, "#model-view .cell")
+    assert len(cells) == L * nh == len(browser.find_elements(By.CSS_SELECTOR, "#model-view canvas"))
+    assert [c.text for c in cells[:2]] == ["L0 H0", "L0 H1"]
+    pictures = browser.execute_script(
+        "return [...document.querySelectorAll('#model-view canvas')].map(c => c.toDataURL())"
+    )
+    assert len(set(pictures)) == L * nh  # each head drawn, and drawn differently
+    assert browser.find_element(By.CSS_SELECTOR, "#model-view .cell.selected").text == "L0 H0"
+
+    target = next(c for c in cells if c.text == "L1 H3")
+    target.click()
+    layer, head = Select(browser.find_element(By.ID, "layer")), Select(browser.find_element(By.ID, "head"))
+    assert (layer.first_selected_option.text, head.first_selected_option.text) == ("layer 1", "head 3")
+    np.testing.assert_allclose(np.array(browser.execute_script(OPACITIES)).reshape(T, T), a[1, 3], atol=1e-9)
+    assert browser.find_element(By.CSS_SELECTOR, "#model-view .cell.selected").text == "L1 H3"
+    head.select_by_value("0")  # the selectors keep the model view's mark in step
+    assert browser.find_element(By.CSS_SELECTOR, "#model-view .cell.selected").text == "L1 H0"
+    shot = tmp_path / "model.png"
+    assert browser.save_screenshot(str(shot)) and min(png_size(shot)) > 300
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
