@@ -516,6 +516,111 @@ def run_task(args) -> None:
         task.show(items, results, options)
 
 
+# ---- explain-prediction ------------------------------------------------------------------------
+
+# the inputs of every task's command that explain-prediction takes (one item; no --file, --jsonl)
+_EXPLAIN_INPUTS = {"text": "TEXT", "question": "--question", "context": "--context",
+                   "context_file": "--context-file", "choice": "--choice"}  # fmt: skip
+
+
+def add_explain_prediction(sub) -> None:
+    from roberta.interpret import BASELINES, METHODS, RULES
+
+    p = sub.add_parser(
+        "explain-prediction",
+        help="which tokens made a model predict what it did: integrated gradients, gradient x input, "
+        "saliency, attention rollout",
+    )
+    p.add_argument("text", nargs="*", help="the text to explain (classify, ner, fill-mask)")
+    p.add_argument("--question", help="qa: the question")
+    p.add_argument("--context", help="qa: the text holding the answer; multiple-choice: the context")
+    p.add_argument("--context-file", help="qa: read the context from this UTF-8 file instead")
+    p.add_argument(
+        "--choice", action="append", metavar="TEXT", help="multiple-choice: a choice; give two or more"
+    )
+    _model_arg(p)
+    p.add_argument("--task", help="the model's task (default: what its checkpoint was saved for)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
+    p.add_argument(
+        "--target",
+        help="what to explain (default: the prediction): classify a label; ner a tag (at --token-index); "
+        "qa span (start + end logit), start or end; fill-mask a token at the first <mask>; "
+        "multiple-choice a choice's index or text",
+    )
+    p.add_argument(
+        "--token-index",
+        type=int,
+        help="ner: the token whose tag is explained (0 is <s>; default: the first entity's)",
+    )
+    p.add_argument("--method", choices=METHODS, default="ig", help="default: ig (integrated gradients)")
+    p.add_argument("--steps", type=positive_int, default=64, help="ig: points on the path (default: 64)")
+    p.add_argument(
+        "--rule", choices=RULES, default="gausslegendre", help="ig: the quadrature (default: gausslegendre)"
+    )
+    p.add_argument(
+        "--baseline", choices=BASELINES, default="pad", help="ig: the token of the baseline (default: pad)"
+    )
+    p.add_argument(
+        "--out", help="FILE.html (every method and target, to switch between), FILE.png (bars) or FILE.json"
+    )
+    p.add_argument("--json", action="store_true", help="print the explanation as one JSON object")
+    p.set_defaults(func=run_explain_prediction, file=None, jsonl=None, field="text")
+
+
+def _explain_inputs_fit(task, args) -> None:
+    """A one-line error for an input flag that the task's own command does not take."""
+    from roberta.tasks import TASKS
+
+    def takes(t) -> set[str]:
+        p = argparse.ArgumentParser(add_help=False)
+        t.add_arguments(p)
+        return {a.dest for a in p._actions} & set(_EXPLAIN_INPUTS)
+
+    own = takes(task)
+    for dest, flag in _EXPLAIN_INPUTS.items():
+        if getattr(args, dest) and dest not in own:
+            owners = [t.name for t in TASKS.values() if dest in takes(t) and t.name != task.name]
+            reads = " and ".join(_EXPLAIN_INPUTS[d] for d in _EXPLAIN_INPUTS if d in own)
+            raise ValueError(f"{flag} is for {', '.join(owners)}, not {task.name}: {task.name} reads {reads}")
+
+
+def run_explain_prediction(args) -> None:
+    from roberta import interpret
+    from roberta.tasks import get_task, task_of
+
+    task = get_task(args.task or task_of(args.model))
+    interpret.check_task(task.name)
+    _explain_inputs_fit(task, args)
+    items = task.inputs(args)
+    if len(items) != 1:
+        raise ValueError(
+            f"explain one input at a time, got {len(items)}; quote a text with spaces as one argument"
+        )
+    predictor = task.load(args.model, device=args.device)
+    expl = interpret.explain(
+        task.name, predictor, items[0], args.target, args.method, args.steps, rule=args.rule,
+        baseline=args.baseline, token_index=args.token_index, views=args.out is not None,
+    )  # fmt: skip
+    path = interpret.save_explanation(args.out, expl) if args.out else None
+    if args.json:
+        print(json.dumps(interpret.explanation_json(expl), ensure_ascii=False))
+        return
+    view = expl.views[0]
+    how = interpret.METHOD_NAMES[expl.method]
+    if expl.delta is not None:
+        how += f" ({expl.steps} {expl.rule} steps from <{expl.baseline}>; convergence delta {expl.delta:.1e} "
+        how += f"of f(input) - f(baseline) = {view.f_input - view.f_baseline:.4g})"
+    print(f"{task.name}: “{expl.prediction}” (score {expl.score:.4f}); {how} for “{expl.target}”")
+    print(f"  {expl.note}")
+    if expl.delta is not None and abs(expl.delta) > 1e-2 * abs(view.f_input - view.f_baseline):
+        _warn(f"the convergence delta is over 1% of f(input) - f(baseline): raise --steps (now {expl.steps})")
+    if path is not None:
+        print(f"written to {path}")
+        return
+    for t, (token, value) in enumerate(zip(expl.tokens, expl.attributions)):
+        print(f"  {t:4}  {token[:20]:20}  {value:+.4f}{'  <- f is read here' if t in expl.rows else ''}")
+
+
 # ---- serve -------------------------------------------------------------------------------------
 
 
@@ -647,6 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_attention(sub)
     add_explain(sub)
     add_task_commands(sub)
+    add_explain_prediction(sub)
     add_serve(sub)
     add_export_onnx(sub)
     # (other commands are added here, one add_<name>(sub) call each)

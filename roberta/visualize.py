@@ -1,5 +1,5 @@
 """Pictures of attention: a PNG heatmap (one head, or a grid of layers x heads) and an HTML page with
-a head view and a model view.
+a head view and a model view; and pictures of token attributions (roberta/interpret.py).
 
 `model(ids, mask, output_attentions=True).attentions` is a tuple of L tensors (B, nh, T, T): row i
 of head h says how much token i (the query) attends to each token j (the keys); each row sums to 1
@@ -12,6 +12,9 @@ over the real tokens. The helpers here take that tuple and the T token labels:
 Padding (attention_mask 0) is dropped before drawing; inputs longer than `max_tokens` are cut to
 their first `max_tokens` tokens for display, and the figure's title says so. The HTML page is one
 file with its data, script and styles inline: it opens offline, in any browser.
+
+Attributions come as `interpret.explanation_json(expl)` data: `explanation_html` colours the
+input's tokens by them, `explanation_figure` draws them as bars.
 """
 
 from __future__ import annotations
@@ -426,3 +429,239 @@ the tokens it attends to (right). Click one to open it in the head view above.</
 </html>
 """
 
+
+# ---- token attributions (roberta/interpret.py): PNG bars, HTML page ----------------------------------
+
+
+def explanation_figure(data: dict[str, Any], title: str | None = None) -> Any:
+    """The explained view of `data` (interpret.explanation_json) as a matplotlib Figure: one bar
+    per token, red where it raises the target's score f, blue where it lowers it; inputs longer
+    than MAX_DISPLAY_TOKENS are cut for display, and the title says so."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            "PNG output needs matplotlib (pip install matplotlib); HTML output does not"
+        ) from None
+    tokens, values = data["tokens"], np.asarray(data["attributions"], dtype=np.float64)
+    n, note = len(tokens), ""
+    if n > MAX_DISPLAY_TOKENS:
+        tokens, values = tokens[:MAX_DISPLAY_TOKENS], values[:MAX_DISPLAY_TOKENS]
+        note = f"\n(showing the first {MAX_DISPLAY_TOKENS} of {n} tokens)"
+    T = len(tokens)
+    fig = Figure(figsize=(7.5, float(np.clip(0.28 * T + 1.8, 3.0, 22.0))), layout="constrained")
+    ax = fig.subplots()
+    colors = ["#b2182b" if v > 0 else "#2166ac" for v in values]
+    ax.barh(range(T), values, color=colors, height=0.7)
+    rows = set(data["rows"])
+    labels = [f"{t}  ▸" if i in rows else t for i, t in enumerate(tokens)]
+    ax.set_yticks(range(T), labels, fontsize=9 if T <= 32 else 7)
+    for i, label in enumerate(ax.get_yticklabels()):
+        if data["special"][i]:
+            label.set_color("#888888")
+    ax.invert_yaxis()
+    ax.axvline(0, color="#444444", linewidth=0.8)
+    delta = "" if data["delta"] is None else f";  convergence delta {data['delta']:.2g}"
+    ax.set_xlabel(f"{data['method_names'][data['method']]} for “{data['target']}”{delta}")
+    heading = title or f"{data['task']}: “{short_label(data['prediction'])}” ({data['score']:.3f})"
+    ax.set_title(heading + f"\n{data['note']}  (▸: the token(s) f reads)" + note, fontsize=10)
+    return fig
+
+
+def short_label(text: str, width: int = 50) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def explanation_html(data: dict[str, Any], title: str | None = None) -> str:
+    """A self-contained page of `data` (interpret.explanation_json): the input's tokens coloured by
+    attribution on a diverging scale with a legend, the prediction and its score, what f is, the
+    method and its convergence delta; selectors for the target and the method redraw from the
+    embedded attributions of every view, without a server."""
+    heading = title or f"Why did the model predict “{short_label(data['prediction'], 60)}”?"
+    payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
+    return _EXPLANATION_PAGE.replace("__TITLE__", html.escape(heading)).replace("__DATA__", payload)
+
+
+_EXPLANATION_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>__TITLE__</title>
+<style>
+  body { font: 15px system-ui, sans-serif; margin: 1.5em 2em; color: #222; max-width: 60em; }
+  h1 { font-size: 1.3em; font-weight: 600; margin-bottom: 0.3em; }
+  h2 { font-size: 1em; font-weight: 600; margin: 1.4em 0 0.4em; }
+  .summary { margin: 0 0 1em; }
+  .summary b { font-size: 1.05em; }
+  .controls { margin: 0.8em 0 0.4em; }
+  .controls label { margin-right: 1.5em; }
+  select { font: inherit; padding: 0.1em 0.2em; }
+  .what { color: #444; margin: 0.3em 0 1em; font-style: italic; }
+  .legend { display: flex; align-items: center; gap: 0.6em; font-size: 0.85em; color: #444; margin: 0.6em 0; }
+  .bar { width: 16em; height: 0.9em; border: 1px solid #bbb;
+         background: linear-gradient(to right, rgb(33,102,172), #fff 50%, rgb(178,24,43)); }
+  .ticks { display: flex; justify-content: space-between; width: 16em; font-variant-numeric: tabular-nums; }
+  #text { font: 17px/2.3 Georgia, serif; border: 1px solid #ddd; border-radius: 6px; padding: 0.6em 0.9em;
+          white-space: pre-wrap; }
+  #text .tok { padding: 0.15em 0.05em; border-radius: 3px; }
+  #text .special { font: 11px ui-monospace, monospace; color: #777; background: #f2f2f2; padding: 0.1em 0.3em;
+                  margin: 0 0.15em; }
+  #text .read { outline: 2px dashed #333; outline-offset: 1px; }
+  .method { color: #333; margin: 1em 0; }
+  .method.warn { color: #a05a00; }
+  #top { list-style: none; padding: 0; margin: 0; font-variant-numeric: tabular-nums; }
+  #top li { display: flex; align-items: center; gap: 0.6em; margin: 0.15em 0; }
+  #top .name { width: 10em; text-align: right; font-family: Georgia, serif; overflow: hidden; }
+  #top .value { width: 5em; text-align: right; font-size: 0.9em; }
+  #top .fill { height: 0.8em; border-radius: 2px; }
+  .hint { color: #777; font-size: 0.85em; }
+</style>
+</head>
+<body>
+<h1>__TITLE__</h1>
+<p class="summary" id="summary"></p>
+<div class="controls">
+  <label>Explain <select id="target"></select></label>
+  <label>Method <select id="method"></select></label>
+</div>
+<p class="what" id="what"></p>
+<div class="legend">
+  <span>lowers f</span>
+  <div><div class="bar"></div><div class="ticks"><span id="lo"></span><span>0</span><span id="hi"></span></div></div>
+  <span>raises f</span>
+  <span class="hint">&nbsp;&nbsp;dashed box: the token(s) f is read at; hover a token for its value</span>
+</div>
+<div id="text"></div>
+<p class="method" id="method-note"></p>
+<h2>The tokens that count most</h2>
+<ol id="top"></ol>
+<script type="application/json" id="explanation-data">__DATA__</script>
+<script>
+(function () {
+  "use strict";
+  const data = JSON.parse(document.getElementById("explanation-data").textContent);
+  const T = data.tokens.length;
+  const targetSel = document.getElementById("target"), methodSel = document.getElementById("method");
+  const RULES = {gausslegendre: "Gauss-Legendre", riemann_left: "left Riemann", riemann_right: "right Riemann",
+                 riemann_middle: "midpoint Riemann", riemann_trapezoid: "trapezoid"};
+  function option(select, value, text) {
+    const o = document.createElement("option");
+    o.value = value;
+    o.textContent = text;
+    select.appendChild(o);
+  }
+  const targets = [], methods = [];
+  for (const v of data.views) {
+    if (!targets.includes(v.target)) targets.push(v.target);
+    if (!methods.includes(v.method)) methods.push(v.method);
+  }
+  targets.forEach(function (t) { option(targetSel, t, t); });
+  methods.forEach(function (m) { option(methodSel, m, data.method_names[m]); });
+  targetSel.value = data.target;
+  methodSel.value = data.method;
+  const summary = document.getElementById("summary");
+  summary.append("The " + data.task + " model predicted ");
+  const b = document.createElement("b");
+  b.textContent = "\\u201c" + data.prediction + "\\u201d";
+  summary.append(b, " with score " + data.score.toFixed(3) + ".");
+
+  // the input, token by token, with the text's own spacing between tokens
+  const box = document.getElementById("text"), spans = [];
+  let previous = null;
+  for (let t = 0; t < T; t++) {
+    const seg = data.segments[t], [start, end] = data.offsets[t];
+    if (seg !== null && previous && previous.seg === seg && start > previous.end) {
+      box.append(data.inputs[seg].slice(previous.end, start).replace(/\\s+/g, " "));
+    } else if (t > 0 && (data.special[t] || data.special[t - 1])) {
+      box.append(" ");
+    }
+    const s = document.createElement("span");
+    s.className = "tok" + (data.special[t] ? " special" : "");
+    s.textContent = seg === null ? data.tokens[t] : data.inputs[seg].slice(start, end);
+    if (!s.textContent) s.textContent = data.tokens[t];
+    s.dataset.index = t;
+    box.appendChild(s);
+    spans.push(s);
+    if (seg !== null) previous = {seg: seg, end: end};
+  }
+
+  function color(v, max) {  // white at 0, blue below, red above
+    const x = Math.max(-1, Math.min(1, v / max)), a = Math.abs(x);
+    const to = x >= 0 ? [178, 24, 43] : [33, 102, 172];
+    const c = to.map(function (k) { return Math.round(255 + (k - 255) * a); });
+    return ["rgb(" + c.join(",") + ")", a > 0.6 ? "#fff" : "#222"];
+  }
+  function fmt(x) { return (x >= 0 ? "+" : "\\u2212") + Math.abs(x).toPrecision(3); }
+  function current() {
+    return data.views.find(function (v) { return v.target === targetSel.value && v.method === methodSel.value; });
+  }
+  function methodNote(v) {
+    if (v.method === "ig") {
+      const diff = v.f_input - v.f_baseline, pct = 100 * Math.abs(v.delta) / Math.max(Math.abs(diff), 1e-12);
+      return "Integrated gradients: " + data.steps + " " + (RULES[data.rule] || data.rule) + " steps on the path from the " +
+        "<" + data.baseline + "> baseline (every text token replaced, special tokens kept) to the input. " +
+        "The attributions add up to f(input) \\u2212 f(baseline) = " + v.f_input.toPrecision(4) + " \\u2212 " +
+        (v.f_baseline < 0 ? "(" + v.f_baseline.toPrecision(4) + ")" : v.f_baseline.toPrecision(4)) + " = " + diff.toPrecision(4) + ", up to the convergence delta " +
+        v.delta.toExponential(1) + " (" + pct.toPrecision(2) + "% of it).";
+    }
+    if (v.method === "grad-input") {
+      return "Gradient \\u00d7 input: each token's embedding times the gradient of f there, summed over the hidden " +
+        "dimension (a first-order estimate of its effect). f(input) = " + v.f_input.toPrecision(4) + ".";
+    }
+    if (v.method === "saliency") {
+      return "Saliency: the length (L2 norm) of the gradient of f at each token's embedding \\u2014 how sensitive f " +
+        "is to that token, not in which direction (never negative). f(input) = " + v.f_input.toPrecision(4) + ".";
+    }
+    return "Attention rollout: each layer's attention averaged over its heads, plus the residual connection, " +
+      "multiplied through the layers; shown is how much the token(s) f is read at draw from each input token " +
+      "(never negative; the same for every label). Attention alone is not an explanation of a prediction.";
+  }
+  function draw() {
+    const v = current();
+    if (!v) return;
+    let max = 1e-12;
+    for (let t = 0; t < T; t++) if (!data.special[t]) max = Math.max(max, Math.abs(v.scores[t]));
+    const rows = data.target_rows[v.target] || [];
+    for (let t = 0; t < T; t++) {
+      const [bg, fg] = color(v.scores[t], max), s = spans[t];
+      s.style.background = bg;
+      s.style.color = data.special[t] ? (fg === "#fff" ? "#fff" : "#777") : fg;
+      s.dataset.value = v.scores[t];
+      s.title = data.tokens[t] + ": " + fmt(v.scores[t]) + " (token " + t + ")";
+      s.classList.toggle("read", rows.includes(t));
+    }
+    document.getElementById("lo").textContent = fmt(-max);
+    document.getElementById("hi").textContent = fmt(max);
+    document.getElementById("what").textContent = data.notes[v.target] || "";
+    const note = document.getElementById("method-note"), gap = Math.abs(v.f_input - v.f_baseline);
+    const off = v.method === "ig" && Math.abs(v.delta) > 0.01 * gap;
+    note.textContent = methodNote(v) + (off ? " That is over 1%: rerun with more --steps for a faithful integral." : "");
+    note.classList.toggle("warn", off);
+    const top = document.getElementById("top");
+    top.innerHTML = "";
+    const order = [...Array(T).keys()].filter(function (t) { return !data.special[t]; })
+      .sort(function (i, j) { return Math.abs(v.scores[j]) - Math.abs(v.scores[i]); }).slice(0, 8);
+    for (const t of order) {
+      const li = document.createElement("li"), name = document.createElement("span");
+      name.className = "name";
+      name.textContent = data.tokens[t];
+      const value = document.createElement("span");
+      value.className = "value";
+      value.textContent = fmt(v.scores[t]);
+      const fill = document.createElement("span");
+      fill.className = "fill";
+      fill.style.width = (12 * Math.abs(v.scores[t]) / max) + "em";
+      fill.style.background = color(v.scores[t] >= 0 ? max : -max, max)[0];
+      li.append(name, value, fill);
+      top.appendChild(li);
+    }
+  }
+  targetSel.addEventListener("change", draw);
+  methodSel.addEventListener("change", draw);
+  draw();
+})();
+</script>
+</body>
+</html>
+"""

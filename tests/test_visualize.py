@@ -285,3 +285,104 @@ def test_model_view_in_a_browser(browser, tiny_model_dir, tmp_path):
     assert browser.save_screenshot(str(shot)) and min(png_size(shot)) > 300
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
+
+# ---- token attributions (roberta/interpret.py) ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier_dir(tmp_path_factory, data_dir):
+    """A random 3-label classifier (hidden 16) with the real roberta-base tokenizer, saved."""
+    from roberta.heads import RobertaForSequenceClassification
+    from roberta.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(data_dir / "roberta-base-tokenizer")
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=32, max_position_embeddings=66, initializer_range=0.3,
+                           id2label={0: "negative", 1: "neutral", 2: "positive"})  # fmt: skip
+    folder = tmp_path_factory.mktemp("classifier")
+    RobertaForSequenceClassification(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def explanation_data(page: str) -> dict:
+    return json.loads(
+        re.search(r'<script type="application/json" id="explanation-data">(.*?)</script>', page, re.S)[1]
+    )
+
+
+VALUES = "return [...document.querySelectorAll('#text span.tok')].map(s => Number(s.dataset.value))"
+COLOURS = (
+    "return [...document.querySelectorAll('#text span.tok')].map(s => getComputedStyle(s).backgroundColor)"
+)
+
+
+def test_explanation_page_in_a_browser(browser, tiny_classifier_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    page = tmp_path / "why.html"
+    text = "A gripping film, <b>not</b> dull at all."  # markup in the text is shown as text
+    assert main(["explain-prediction", text, "--model", str(tiny_classifier_dir), "--steps", "16",
+                 "--out", str(page)]) == 0  # fmt: skip
+    source = page.read_text(encoding="utf-8")
+    assert not re.search(r"(src|href)\s*=|https?://", source)  # one file, nothing fetched
+    data = explanation_data(source)
+    view = {(v["method"], v["target"]): v["scores"] for v in data["views"]}
+    assert len(view) == 4 * 3  # every method x every label
+    browser.get(page.as_uri())
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+    assert browser.find_element(By.ID, "text").text.replace("\n", " ") == f"<s> {text} </s>"
+    assert data["prediction"] in browser.find_element(By.ID, "summary").text
+    method, target = (
+        Select(browser.find_element(By.ID, "method")),
+        Select(browser.find_element(By.ID, "target")),
+    )
+    assert method.first_selected_option.text == "integrated gradients"
+    assert [o.text for o in target.options][0] == data["prediction"] == data["target"]
+    drawn = browser.execute_script(VALUES)
+    np.testing.assert_allclose(drawn, view[("ig", data["target"])], atol=1e-12)
+    note = browser.find_element(By.ID, "method-note").text
+    assert "convergence delta" in note and "16 Gauss-Legendre steps" in note
+
+    # the largest attribution is drawn red, the smallest blue; special tokens (IG: 0) white
+    colours = browser.execute_script(COLOURS)
+    scores = np.array(drawn)
+    r, g, b = map(int, re.findall(r"\d+", colours[int(scores.argmax())])[:3])
+    assert r > b and r > g
+    r, g, b = map(int, re.findall(r"\d+", colours[int(scores.argmin())])[:3])
+    assert b > r
+    assert colours[0] == "rgb(255, 255, 255)"
+
+    other = next(o.text for o in target.options if o.text != data["target"])
+    target.select_by_visible_text(other)
+    redrawn = browser.execute_script(VALUES)
+    np.testing.assert_allclose(redrawn, view[("ig", other)], atol=1e-12)
+    assert np.abs(np.array(redrawn) - drawn).max() > 1e-3
+    assert browser.execute_script(COLOURS) != colours
+    assert browser.find_element(By.ID, "what").text == f"f = the logit of “{other}”"
+
+    method.select_by_value("rollout")
+    rolled = browser.execute_script(VALUES)
+    np.testing.assert_allclose(rolled, view[("rollout", other)], atol=1e-12)
+    assert "Attention rollout" in browser.find_element(By.ID, "method-note").text
+    method.select_by_value("saliency")
+    np.testing.assert_allclose(browser.execute_script(VALUES), view[("saliency", other)], atol=1e-12)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#top li")) == min(
+        8, sum(not s for s in data["special"])
+    )
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#text span.read")) == 1  # <s>: what the head reads
+    shot = tmp_path / "why.png"
+    assert browser.save_screenshot(str(shot)) and min(png_size(shot)) > 300
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_explanation_png_is_a_bar_per_token(tiny_classifier_dir, tmp_path, capsys):
+    out = tmp_path / "why.png"
+    assert main(["explain-prediction", "a gripping film", "--model", str(tiny_classifier_dir), "--steps", "8",
+                 "--method", "grad-input", "--out", str(out)]) == 0  # fmt: skip
+    assert "written to" in capsys.readouterr().out
+    w, h = png_size(out)
+    assert w > 300 and h > 200
