@@ -65,6 +65,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from roberta.interpret import CASES, METHODS, check_task, explain, explanation_json
 from roberta.predict import Predictor
 from roberta.quantize import Int8Linear
 from roberta.tasks import Task, get_task, task_of
@@ -404,6 +405,9 @@ class Worker:
             "task": lambda items, options: self.spec.predict(self.predictor, items, options, self.batch_size),
             "embed_all": lambda items, options: token_vectors(self.predictor, items, self.batch_size),
             "rerank": lambda items, options: pair_scores(self.predictor, items, self.batch_size, **options),
+            "explain": lambda items, options: [
+                explanation_json(explain(self.task, self.predictor, item, **options)) for item in items
+            ],
         }
         self.batcher = Batcher(
             self._run,
@@ -767,6 +771,33 @@ def decode_call(fields: dict, worker: Worker) -> Call:
     )
 
 
+def explain_call(fields: dict, worker: Worker) -> Call:
+    """One input's attributions (roberta/interpret.py): run by the model's worker thread, so its
+    gradient pass never overlaps the batches it also answers."""
+    inputs = fields.pop("inputs")
+    if worker.task == "qa":
+        if not isinstance(inputs, dict) or set(inputs) != {"question", "context"}:
+            raise ServeError("validation", 'for qa, inputs is {"question": ..., "context": ...}')
+        item = (inputs["question"], inputs["context"])
+    elif worker.task == "multiple-choice":
+        if not isinstance(inputs, dict) or set(inputs) != {"context", "choices"}:
+            raise ServeError(
+                "validation", 'for multiple-choice, inputs is {"context": ..., "choices": [...]}'
+            )
+        item = (inputs["context"], list(inputs["choices"]))
+    elif isinstance(inputs, str):
+        item = inputs
+    else:
+        raise ServeError("validation", f"for {worker.task}, inputs is one text")
+    try:  # a bad target or method: 422 before the worker spends a gradient pass on it
+        check_task(worker.task)
+        if fields["method"] not in METHODS:
+            raise ValueError(f"unknown method {fields['method']!r}; choose one of {', '.join(METHODS)}")
+    except ValueError as e:
+        raise ServeError("validation", str(e)) from None
+    return Call("explain", [item], fields, lambda results, tokens: results[0], truncation=None)
+
+
 Texts = str | list[str]
 
 
@@ -820,6 +851,35 @@ def extra_routes() -> list[Route]:
             {"classify"},
             rerank_call,
             "rank texts by relevance to a query (a classifier as cross-encoder)",
+        ),
+        Route(
+            "/explain",
+            {
+                "inputs": (
+                    str | dict[str, Any],
+                    dict(
+                        description='one text; qa: {"question", "context"}; multiple-choice: {"context", "choices"}'
+                    ),
+                ),
+                "target": (
+                    str | None,
+                    dict(default=None, description="what to explain (default: the prediction)"),
+                ),
+                "method": (str, dict(default="ig", description="ig, grad-input, saliency or rollout")),
+                "steps": (
+                    int,
+                    dict(default=64, ge=1, le=512, description="integrated gradients' path points"),
+                ),
+                "token_index": (
+                    int | None,
+                    dict(default=None, ge=0, description="ner: the token to explain"),
+                ),
+                "views": (bool, dict(default=False, description="also every other method and target")),
+            },
+            set(CASES),
+            explain_call,
+            "which tokens made the prediction: attributions per token (integrated gradients, ...)",
+            truncates=False,
         ),
         Route(
             "/tokenize",

@@ -642,6 +642,40 @@ def test_rerank_scores_query_text_pairs_with_a_classifier(checkpoints):
     )
 
 
+def test_explain_gives_the_python_apis_attributions_and_refuses_what_it_cannot(checkpoints):
+    from roberta.interpret import explain, explanation_json
+    from roberta.tasks import QuestionAnswerer
+
+    classifier = Classifier.from_pretrained(checkpoints["classify"], device="cpu")
+    app = build_app(classifier, "classify")
+    bodies = [
+        {"inputs": "a gripping film", "method": "ig", "steps": 16},
+        {"inputs": "a gripping film", "target": "neg", "method": "grad-input"},
+        {"inputs": "a gripping film", "target": "happy"},
+        {"inputs": "a gripping film", "method": "lime"},
+        {"inputs": ["a", "b"]},
+    ]
+    replies = asyncio.run(send(app, [("POST", "/explain", b) for b in bodies]))
+    assert [r.status_code for r in replies[:2]] == [200, 200]
+    want = explanation_json(
+        explain("classify", classifier, "a gripping film", method="ig", steps=16, views=False)
+    )
+    got = replies[0].json()
+    assert got["tokens"] == want["tokens"] and close_to(got["attributions"], want["attributions"])
+    assert abs(got["delta"]) < 1e-2 * max(1.0, abs(sum(want["attributions"])))
+    assert replies[1].json()["target"] == "neg"
+    assert replies[2].status_code in (400, 422) and "neg" in replies[2].text  # the labels are listed
+    assert replies[3].status_code == 422 and "unknown method 'lime'" in replies[3].text
+    assert replies[4].status_code == 422
+    qa = QuestionAnswerer.from_pretrained(checkpoints["qa"], device="cpu")
+    (reply,) = asyncio.run(
+        send(
+            build_app(qa, "qa"), [("POST", "/explain", {"inputs": {"question": "Who?", "context": CONTEXT}})]
+        )
+    )
+    assert reply.status_code == 200 and len(reply.json()["attributions"]) == len(reply.json()["tokens"])
+
+
 # ---- several models ---------------------------------------------------------------------------------
 
 
