@@ -269,12 +269,14 @@ def check(bodies: list, replies: list, answer) -> dict:
 
 
 def run_phase(args, flags: list[str], drive) -> tuple[dict, float]:
+    start = time.perf_counter()
     server, url = start_server(args, *flags)
     try:
         result = asyncio.run(drive(url, server))
         return result, peak_rss_mib(server.pid)
     finally:
         stop(server)
+        print(f"  roberta serve {' '.join(flags)}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 
 def main(argv=None) -> None:
@@ -320,11 +322,12 @@ def main(argv=None) -> None:
         two + ["--max-concurrent-requests", "64"],
         lambda url, s: drive_mixed(url, s, flood, args.flood_clients, timeout=30),
     )
-    answer = python_api(args.model)
+    start, answer = time.perf_counter(), python_api(args.model)
     checked = {
         "load": check(load, mixed["replies"], answer),
         "flood": check(flood, saturated["replies"], answer),
     }
+    print(f"  the Python API on every request: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     report(args, results, mixed, saturated, checked, (rss_one, rss_load, rss_flood))
     if args.json:
         mixed_out = {k: v for k, v in mixed.items() if k != "replies"}
