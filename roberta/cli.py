@@ -6,6 +6,7 @@ Each command has an `add_<name>` function that declares its arguments and points
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -46,8 +47,7 @@ def _load_model(name: str, cls=None):
 # ---- encode ------------------------------------------------------------------------------------
 
 
-def add_encode(sub) -> None:
-    p = sub.add_parser("encode", help="tokenize a text and run the encoder over it")
+def add_encode(p: argparse.ArgumentParser) -> None:
     p.add_argument("text")
     _model_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -85,8 +85,7 @@ def run_encode(args) -> None:
 # ---- tokenizer train ---------------------------------------------------------------------------
 
 
-def add_tokenizer(sub) -> None:
-    p = sub.add_parser("tokenizer", help="tokenizer tools")
+def add_tokenizer(p: argparse.ArgumentParser) -> None:
     tsub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
     t = tsub.add_parser("train", help="train a byte-level BPE with RoBERTa's special tokens")
     t.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files")
@@ -119,8 +118,7 @@ def run_tokenizer_train(args) -> None:
 # ---- pretrain ----------------------------------------------------------------------------------
 
 
-def add_pretrain(sub) -> None:
-    p = sub.add_parser("pretrain", help="pretrain a masked language model from scratch (RoBERTa's recipe)")
+def add_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files to train on")
     p.add_argument("--heldout", nargs="*", default=[], metavar="FILE", help="text files for evaluation")
     p.add_argument("--config", help="small | base | a config.json (default: small; not with --init-from)")
@@ -250,8 +248,7 @@ def run_pretrain(args) -> None:
 # ---- evaluate ----------------------------------------------------------------------------------
 
 
-def add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a model on held-out data")
+def add_evaluate(p: argparse.ArgumentParser) -> None:
     esub = p.add_subparsers(dest="evaluate_command", required=True, metavar="TASK")
     add_evaluate_mlm(esub)
     add_evaluate_tasks(esub)
@@ -289,11 +286,10 @@ def run_evaluate_mlm(args) -> None:
 # ---- finetune, evaluate <task> -------------------------------------------------------------------
 
 
-def add_finetune(sub) -> None:
+def add_finetune(p: argparse.ArgumentParser) -> None:
     from roberta.tasks import TASKS
 
     tuned = [t for t in TASKS.values() if t.finetune_help]
-    p = sub.add_parser("finetune", help=f"fine-tune a model: {', '.join(t.name for t in tuned)}")
     fsub = p.add_subparsers(dest="finetune_command", required=True, metavar="TASK")
     for task in tuned:
         t = fsub.add_parser(task.name, help=task.finetune_help)
@@ -392,8 +388,7 @@ def run_evaluate_task(args) -> None:
 # ---- attention, explain ------------------------------------------------------------------------
 
 
-def add_attention(sub) -> None:
-    p = sub.add_parser("attention", help="draw a model's attention: an HTML head view or PNG heatmaps")
+def add_attention(p: argparse.ArgumentParser) -> None:
     p.add_argument("text")
     p.add_argument("--pair", help="a second text, encoded as a pair: <s> text </s></s> pair </s>")
     _model_arg(p)
@@ -420,8 +415,7 @@ def run_attention(args) -> None:
     print(f"attention of {len(tokens)} tokens ({L} layers x {nh} heads) written to {path}")
 
 
-def add_explain(sub) -> None:
-    p = sub.add_parser("explain", help="multi-head self-attention step by step, every number computed")
+def add_explain(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="?", help="default: 'The quick brown fox jumps over the lazy dog'")
     p.add_argument("--seed", type=int, default=0, help="seed of the toy example's weights (default: 0)")
     p.add_argument("--weights", metavar="FILE", help="JSON weights for the toy example (see --save-weights)")
@@ -458,20 +452,21 @@ def run_explain(args) -> None:
 # ---- the task commands: roberta fill-mask | classify | ner | qa | ... (one per registered task) ----
 
 
-def add_task_commands(sub) -> None:
-    from roberta.tasks import TASKS
+def add_task_command(p: argparse.ArgumentParser, name: str) -> None:
+    """`roberta <task>`: the task's own inputs and options, then how its model is loaded and run."""
+    from roberta.tasks import get_task
 
-    for task in TASKS.values():
-        p = sub.add_parser(task.name, help=task.help)
-        task.add_arguments(p)
-        _predictor_options(p)
-        p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
-        p.set_defaults(func=run_task, task=task.name)
+    task = get_task(name)
+    task.add_arguments(p)
+    _predictor_options(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per input, one per line")
+    p.set_defaults(func=run_task, task=task.name)
 
 
-def _predictor_options(p: argparse.ArgumentParser) -> None:
+def _predictor_options(p: argparse.ArgumentParser, model: bool = True) -> None:
     """--model, --device, --batch-size, --max-tokens, --dtype: how a task model is loaded and run."""
-    _model_arg(p)
+    if model:
+        _model_arg(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default: 32)")
     p.add_argument(
@@ -523,14 +518,9 @@ _EXPLAIN_INPUTS = {"text": "TEXT", "question": "--question", "context": "--conte
                    "context_file": "--context-file", "choice": "--choice"}  # fmt: skip
 
 
-def add_explain_prediction(sub) -> None:
+def add_explain_prediction(p: argparse.ArgumentParser) -> None:
     from roberta.interpret import BASELINES, METHODS, RULES
 
-    p = sub.add_parser(
-        "explain-prediction",
-        help="which tokens made a model predict what it did: integrated gradients, gradient x input, "
-        "saliency, attention rollout",
-    )
     p.add_argument("text", nargs="*", help="the text to explain (classify, ner, fill-mask)")
     p.add_argument("--question", help="qa: the question")
     p.add_argument("--context", help="qa: the text holding the answer; multiple-choice: the context")
@@ -624,13 +614,8 @@ def run_explain_prediction(args) -> None:
 # ---- serve -------------------------------------------------------------------------------------
 
 
-def add_serve(sub) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="serve models over HTTP, batching the requests that arrive together",
-        conflict_handler="resolve",  # --model below replaces _predictor_options' one
-    )
-    _predictor_options(p)
+def add_serve(p: argparse.ArgumentParser) -> None:
+    _predictor_options(p, model=False)
     p.add_argument(
         "--model",
         action="append",
@@ -708,8 +693,7 @@ def run_serve(args) -> None:
 # ---- export-onnx -------------------------------------------------------------------------------
 
 
-def add_export_onnx(sub) -> None:
-    p = sub.add_parser("export-onnx", help="export a model to ONNX (model.onnx + config + tokenizer files)")
+def add_export_onnx(p: argparse.ArgumentParser) -> None:
     _model_arg(p)
     p.add_argument("--out", required=True, help="the folder to write")
     p.set_defaults(func=run_export_onnx)
@@ -738,24 +722,69 @@ def run_export_onnx(args) -> None:
 # ---- main --------------------------------------------------------------------------------------
 
 
+# The commands, in the order `roberta --help` lists them: name, one line of help, and the function
+# that declares the command's arguments. The task commands come from roberta.tasks.REGISTRY.
+COMMANDS = (
+    ("encode", "tokenize a text and run the encoder over it", add_encode),
+    ("tokenizer", "tokenizer tools", add_tokenizer),
+    ("pretrain", "pretrain a masked language model from scratch (RoBERTa's recipe)", add_pretrain),
+    ("evaluate", "evaluate a model on held-out data", add_evaluate),
+    ("finetune", "fine-tune a model for a task (`roberta finetune -h` lists them)", add_finetune),
+    ("attention", "draw a model's attention: an HTML head view or PNG heatmaps", add_attention),
+    ("explain", "multi-head self-attention step by step, every number computed", add_explain),
+    None,  # the task commands
+    ("explain-prediction", "which tokens made a model predict what it did: integrated gradients, "
+     "gradient x input, saliency, attention rollout", add_explain_prediction),
+    ("serve", "serve models over HTTP, batching the requests that arrive together", add_serve),
+    ("export-onnx", "export a model to ONNX (model.onnx + config + tokenizer files)", add_export_onnx),
+)  # fmt: skip
+
+
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose arguments are declared when it is first used.
+
+    `roberta --help` lists every command from its name and help line alone; a command's arguments
+    (which may need its task's module, and so torch) are declared only when that command is parsed
+    or prints its help. So `roberta --help`, `--version` and an unknown command import no torch.
+    """
+
+    def __init__(self, *args, declare=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._declare = declare
+
+    def _declared(self) -> None:
+        if self._declare is not None:
+            declare, self._declare = self._declare, None
+            declare(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._declared()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._declared()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._declared()
+        return super().format_usage()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="roberta", description="RoBERTa from scratch: encode, tasks, training."
-    )
+    from roberta import __version__
+    from roberta.tasks import REGISTRY
+
+    parser = Parser(prog="roberta", description="RoBERTa from scratch: encode, tasks, training.")
+    parser.add_argument("--version", action="version", version=f"roberta {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_encode(sub)
-    add_tokenizer(sub)
-    add_pretrain(sub)
-    add_evaluate(sub)
-    add_finetune(sub)
-    add_attention(sub)
-    add_explain(sub)
-    add_task_commands(sub)
-    add_explain_prediction(sub)
-    add_serve(sub)
-    add_export_onnx(sub)
-    # (other commands are added here, one add_<name>(sub) call each)
+    for command in COMMANDS:
+        if command is None:
+            for name, entry in REGISTRY.items():
+                sub.add_parser(name, help=entry.help, declare=functools.partial(add_task_command, name=name))
+            continue
+        name, help, declare = command
+        sub.add_parser(name, help=help, declare=declare)
     return parser
 
 

@@ -68,7 +68,7 @@ import torch
 from roberta.interpret import CASES, METHODS, check_task, explain, explanation_json
 from roberta.predict import Predictor
 from roberta.quantize import Int8Linear
-from roberta.tasks import Task, get_task, task_of
+from roberta.tasks import Task, get_task, help_of, task_of
 
 logger = logging.getLogger(__name__)
 DOCS_ASSETS_URL = "/docs-assets"  # where Swagger UI's and ReDoc's files are served
@@ -684,7 +684,7 @@ def task_route(spec: Task) -> Route:
         spec.request_fields(),
         {spec.name},
         prepare,
-        spec.help,
+        help_of(spec.name),
         "inputs" in spec.request_fields(),
     )
 

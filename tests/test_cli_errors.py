@@ -214,3 +214,43 @@ def test_tokenizer_train_does_not_replace_a_models_tokenizer(tiny_model_dir, tmp
     )
     assert code == 2 and "--overwrite" in err and "config.json" in err
     assert (tiny_model_dir / "vocab.json").read_bytes() == before
+
+
+# `roberta --help`, `--version` and a mistyped command list the commands from their names alone:
+# no task module and no torch is imported (#21: the start-up took seconds). A fresh interpreter,
+# since this one has torch already.
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["no-such-command"], []])
+def test_the_command_list_and_its_errors_import_no_torch(argv):
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom roberta.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'roberta.tasks.')))\n"
+        "print('imported:', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "imported: []" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_task_command_imports_only_its_own_task(capsys):
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom roberta.cli import main\n"
+        "try:\n    main(['ner', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('tasks:', sorted(m for m in sys.modules if m.startswith('roberta.tasks.') and m != 'roberta.tasks.common'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "tasks: ['roberta.tasks.ner']" in done.stdout, done.stdout + done.stderr
+    assert "--labels" in done.stdout or "usage: roberta ner" in done.stdout
+
+
+def test_the_registry_lists_every_task_module_and_names_them_as_they_do():
+    from roberta.tasks import REGISTRY
+
+    assert list(TASKS) == list(REGISTRY)
+    for name, task in TASKS.items():  # each entry's module holds that task and its predictor
+        assert task.name == name and task.predictor.__name__ == REGISTRY[name].predictor

@@ -248,7 +248,6 @@ class Classifier(Predictor):
 
 class ClassifyTask(Task):
     name = "classify"
-    help = "label texts with a sequence-classification model"
     predictor = Classifier
     architectures = ("RobertaForSequenceClassification",)
     onnx_outputs = ("logits",)

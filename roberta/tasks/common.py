@@ -46,8 +46,9 @@ class Task:
     task that reads texts (`roberta <name> TEXT... | --file | --jsonl`, `{"inputs": ...}`).
     """
 
-    name: ClassVar[str]  # the command (`roberta classify`), the route (`POST /classify`), --task
-    help: ClassVar[str]  # one line for --help
+    # the command (`roberta classify`), the route (`POST /classify`), --task; its one line of help
+    # is its entry in roberta.tasks.REGISTRY
+    name: ClassVar[str]
     predictor: ClassVar[type[Predictor]]  # the inference class; predictor.model_class is the model
     # checkpoint architectures (config.json) that are this task's by default (`roberta serve`)
     architectures: ClassVar[tuple[str, ...]] = ()

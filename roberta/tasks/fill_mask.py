@@ -84,7 +84,6 @@ class FillMask(Predictor):
 
 class FillMaskTask(Task):
     name = "fill-mask"
-    help = "predict the word at each <mask> of a text"
     predictor = FillMask
     architectures = ("RobertaForMaskedLM", "RobertaModel")  # a base checkpoint fills masks
     onnx_outputs = ("logits",)

@@ -260,7 +260,6 @@ class MultipleChoice(Predictor):
 
 class MultipleChoiceTask(Task):
     name = "multiple-choice"
-    help = "pick the choice that fits a context best (a multiple-choice model)"
     predictor = MultipleChoice
     architectures = ("RobertaForMultipleChoice",)
     onnx_outputs = ("logits",)

@@ -277,7 +277,6 @@ class Tagger(Predictor):
 
 class NerTask(Task):
     name = "ner"
-    help = "find named entities (a token-classification model)"
     predictor = Tagger
     architectures = ("RobertaForTokenClassification",)
     onnx_outputs = ("logits",)

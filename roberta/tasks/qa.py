@@ -432,7 +432,6 @@ def merge_answers(context: str, windows: list, n: int, max_answer_len: int) -> l
 
 class QaTask(Task):
     name = "qa"
-    help = "answer a question from a context (extractive question answering)"
     predictor = QuestionAnswerer
     architectures = ("RobertaForQuestionAnswering",)
     onnx_outputs = ("start_logits", "end_logits")

@@ -189,7 +189,6 @@ class Translator(Predictor):
 
 class TranslateTask(Task):
     name = "translate"
-    help = "translate texts (an encoder-decoder from `roberta finetune translate`)"
     predictor = Translator
     architectures = ("EncoderDecoderModel",)
     head_required = True
