@@ -57,6 +57,9 @@ class Task:
     onnx_axes: ClassVar[tuple[str, ...]] = ("batch", "length")  # the inputs' dimensions
     # whether the task needs a checkpoint with its own head (a random head would answer otherwise)
     head_required: ClassVar[bool] = False
+    # whether its answers point into the text sent (character offsets), so that the server may not
+    # cut the text's start (truncation_direction "left") without shifting them
+    offsets_into_text: ClassVar[bool] = False
     # fine-tuning: help of `roberta finetune <name>`; None = the task is not fine-tuned here
     finetune_help: ClassVar[str | None] = None
     evaluate_help: ClassVar[str | None] = None

@@ -277,6 +277,7 @@ class Tagger(Predictor):
 
 class NerTask(Task):
     name = "ner"
+    offsets_into_text = True  # entity spans are character offsets into the text
     predictor = Tagger
     architectures = ("RobertaForTokenClassification",)
     onnx_outputs = ("logits",)
