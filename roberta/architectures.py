@@ -5,8 +5,8 @@
 
 Every place that asks "what does this checkpoint hold?" (the task of `roberta serve`, ONNX export,
 whether fine-tuning continues a head or starts one) asks here, so a new model class is one line.
-The families on RoBERTa's encoder (XLM-R, CamemBERT: `FAMILIES` in roberta/config.py) name the same
-classes with their own prefix; `roberta_architecture` reads their names as RoBERTa's.
+The families on RoBERTa's encoder (XLM-R, CamemBERT, BERT: `FAMILIES` in roberta/config.py) name the
+same classes with their own prefix; `roberta_architecture` reads their names as RoBERTa's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from roberta.checkpoint import PretrainedModel, architectures
-from roberta.config import roberta_architecture
+from roberta.config import FAMILIES, roberta_architecture
 from roberta.heads import (
     RobertaForMaskedLM,
     RobertaForMultipleChoice,
@@ -58,7 +58,7 @@ def architecture_class(name_or_path: str | os.PathLike) -> type[PretrainedModel]
     if roberta_architecture(name) not in ARCHITECTURES:
         raise ValueError(
             f"{name_or_path} holds a {name}; known architectures: {', '.join(ARCHITECTURES)} "
-            "(or an XLM-R or CamemBERT one of the same head: XLMRoberta..., Camembert...)"
+            f"(or another family's of the same head: {', '.join(f.prefix + '...' for f in FAMILIES.values() if f.prefix != 'Roberta')})"
         )
     return ARCHITECTURES[roberta_architecture(name)]
 

@@ -5,7 +5,8 @@ load is strict — every missing, unexpected or mis-shaped key is named in one e
 
 `PretrainedModel` gives every model class `from_pretrained` and `save_pretrained`. A class says
 how it sits in a checkpoint with three attributes:
-    base_model_prefix  "" for the bare encoder, "roberta" for task models (HF's `roberta.` prefix)
+    base_model_prefix  "" for the bare encoder, "roberta" for task models (the attribute holding
+                       the encoder; in the checkpoint it is the family's prefix, `roberta.` or `bert.`)
     tied_weights       our key -> the key whose tensor it shares (not saved; re-tied on load)
     key_aliases        our key -> other HF names accepted when loading (older checkpoints)
 """
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from roberta.atomic import atomic_file
-from roberta.config import RobertaConfig, family_architecture
+from roberta.config import FAMILIES, Family, RobertaConfig, family_architecture
 from roberta.hub import MODEL_FILES, resolve
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,23 @@ KEY_MAP: list[tuple[str, str | tuple[str, ...]]] = [
     ("encoder.layers.{i}.cross.out", "encoder.layer.{i}.crossattention.output.dense"),
     ("encoder.layers.{i}.norm_cross", "encoder.layer.{i}.crossattention.output.LayerNorm"),
 ]
+# A family's task-head names where they are not ours (ours -> theirs; a module or a parameter).
+# RoBERTa's, XLM-R's and CamemBERT's heads are named as ours; BERT's MLM head is under
+# `cls.predictions` and its sequence classifier is one Linear on the pooler (heads.py).
+HEAD_KEY_MAPS: dict[str, list[tuple[str, str]]] = {
+    "bert": [
+        ("lm_head.dense", "cls.predictions.transform.dense"),
+        ("lm_head.layer_norm", "cls.predictions.transform.LayerNorm"),
+        ("lm_head.decoder", "cls.predictions.decoder"),
+        ("lm_head.bias", "cls.predictions.bias"),
+        ("classifier.out_proj", "classifier"),
+    ],
+}
+# Parameter names of older checkpoints (TF-era BERT: LayerNorm gamma/beta), renamed on load.
+LEGACY_NAMES: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"LayerNorm\.gamma$"), "LayerNorm.weight"),
+    (re.compile(r"LayerNorm\.beta$"), "LayerNorm.bias"),
+]
 # HF keys that hold no weights (buffers some versions saved); dropped silently on load.
 IGNORED_HF_KEYS = re.compile(r"(^|\.)(position_ids|token_type_ids)$")
 BODY_PREFIXES = ("embeddings.", "encoder.", "pooler.")
@@ -80,6 +98,21 @@ def hf_names(body_key: str) -> tuple[str, ...]:
             i = m.groupdict().get("i")
             return tuple(h.replace("{i}", i or "") + "." + m["param"] for h in hf)
     raise KeyError(f"no HF name for {body_key!r}: add it to KEY_MAP")
+
+
+def head_name(key: str, model_type: str) -> str:
+    """Our task-head key -> the family's name for it (HEAD_KEY_MAPS; RoBERTa's are ours)."""
+    for ours, theirs in HEAD_KEY_MAPS.get(model_type, ()):
+        if key == ours or key.startswith(ours + "."):
+            return theirs + key[len(ours) :]
+    return key
+
+
+def modern_name(key: str) -> str:
+    """A checkpoint key under today's parameter names (LEGACY_NAMES: `LayerNorm.gamma` -> `.weight`)."""
+    for pattern, name in LEGACY_NAMES:
+        key = pattern.sub(name, key)
+    return key
 
 
 class PretrainedModel(nn.Module):
@@ -108,12 +141,21 @@ class PretrainedModel(nn.Module):
 
     # ---- names --------------------------------------------------------------------------------
 
+    @property
+    def family(self) -> Family:
+        """The family of the config (an encoder-decoder's config has none: RoBERTa's)."""
+        return FAMILIES.get(getattr(self.config, "model_type", "roberta"), FAMILIES["roberta"])
+
+    def hf_prefix(self) -> str:
+        """Where the encoder sits in this class's checkpoint: "" (bare), "roberta.", "bert."."""
+        return self.family.base_model_prefix + "." if self.base_model_prefix else ""
+
     def to_hf_names(self, key: str) -> tuple[str, ...]:
         """Our state_dict key -> HF key(s), prefix included."""
         prefix = self.base_model_prefix + "." if self.base_model_prefix else ""
         if prefix and not key.startswith(prefix):
-            return (key,)  # a task head: HF's names are ours
-        return tuple(prefix + k for k in hf_names(key[len(prefix) :]))
+            return (head_name(key, self.family.model_type),)  # a task head
+        return tuple(self.hf_prefix() + k for k in hf_names(key[len(prefix) :]))
 
     # ---- save ---------------------------------------------------------------------------------
 
@@ -212,7 +254,8 @@ class PretrainedModel(nn.Module):
         One ValueError names every key that is missing, unexpected in the encoder, mis-shaped (each
         part of a fused tensor by its own name), not floating point, or holding inf or NaN.
         """
-        hf = self._match_prefix({k: v for k, v in hf.items() if not IGNORED_HF_KEYS.search(k)})
+        hf = {modern_name(k): v for k, v in hf.items() if not IGNORED_HF_KEYS.search(k)}
+        hf = self._match_prefix(hf)
         plan: dict[str, list[torch.Tensor]] = {}
         used, missing, shapes, values, fresh = set(), [], [], [], []
         heads_in_ckpt = {k.split(".")[0] for k in hf}
@@ -223,8 +266,9 @@ class PretrainedModel(nn.Module):
             if names is None:
                 body = not self.base_model_prefix or key.startswith(self.base_model_prefix + ".")
                 pooler = ".pooler." in f".{key}"
+                head = self.to_hf_names(key)[0].split(".")[0]  # `lm_head`, BERT's `cls`, ...
                 # A head (or pooler) the checkpoint has no trace of is new: initialised, not an error.
-                if (not body and key.split(".")[0] not in heads_in_ckpt) or pooler:
+                if (not body and head not in heads_in_ckpt) or pooler:
                     fresh.append(key)
                 else:
                     missing.append(key)
@@ -257,16 +301,17 @@ class PretrainedModel(nn.Module):
         return None
 
     def _hf_body_prefixes(self) -> tuple[str, ...]:
-        prefix = self.base_model_prefix + "." if self.base_model_prefix else ""
-        return tuple(prefix + p for p in BODY_PREFIXES if p != "pooler.")
+        return tuple(self.hf_prefix() + p for p in BODY_PREFIXES if p != "pooler.")
 
     def _match_prefix(self, hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A task checkpoint into the bare encoder drops `roberta.`; a bare one into a task model adds it."""
-        has_prefix = any(k.startswith("roberta.") for k in hf)
+        """A task checkpoint into the bare encoder drops the family's prefix (`roberta.`, `bert.`);
+        a bare one into a task model adds it."""
+        prefix = self.family.base_model_prefix + "."
+        has_prefix = any(k.startswith(prefix) for k in hf)
         if self.base_model_prefix and not has_prefix:
-            return {("roberta." + k if k.startswith(BODY_PREFIXES) else k): v for k, v in hf.items()}
+            return {(prefix + k if k.startswith(BODY_PREFIXES) else k): v for k, v in hf.items()}
         if not self.base_model_prefix and has_prefix:
-            return {k.removeprefix("roberta."): v for k, v in hf.items()}
+            return {k.removeprefix(prefix): v for k, v in hf.items()}
         return hf
 
     def _report(self, source, missing, shapes, body_unexpected, values, fresh, unexpected) -> None:

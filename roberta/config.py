@@ -4,8 +4,10 @@ Field names are the Hugging Face `config.json` keys, so a checkpoint's config re
 without a translation table. Keys this class does not know are kept in `extra` and written back.
 
 `FAMILIES` is the one table of the model families that share RoBERTa's encoder (RoBERTa itself
-and DistilRoBERTa, XLM-R, CamemBERT): each family's `model_type`, the prefix of its checkpoints'
-class names and its tokenizer. Everything that reads or writes a family's name reads it here.
+and DistilRoBERTa, XLM-R, CamemBERT, and BERT with MiniLM): each family's `model_type`, the prefix
+of its checkpoints' class names, its tokenizer, and the few rules where BERT differs (positions
+from 0, token types, the pooler under its classifier). Everything that reads or writes a family's
+name or rule reads it here.
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ _repr = reprlib.Repr()  # a short repr that stops at depth 2: safe for deeply ne
 _repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 2, 40, 40, 4, 4
 
 
+ROBERTA_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+
+
 @dataclass(frozen=True)
 class Family:
-    """A model family on RoBERTa's encoder: same weights and key names, its own names and tokenizer.
+    """A model family on RoBERTa's encoder: same layers and key names, its own names, rules and tokenizer.
 
     model_type: config.json's `model_type`.
     prefix: what its checkpoints' class names start with where RoBERTa's say "Roberta"
@@ -59,7 +64,18 @@ class Family:
     tokenizer_class: tokenizer_config.json's `tokenizer_class` (what transformers' AutoTokenizer builds).
     sentencepiece: for a family whose vocabulary is a SentencePiece model (`sentencepiece.bpe.model`),
         fairseq's layout of it: the tokens that come first, and the first SentencePiece id kept after
-        them (each later piece keeps its order); `<mask>` is the last id. None: byte-level BPE.
+        them (each later piece keeps its order); `<mask>` is the last id. None: not SentencePiece.
+    special_tokens: the strings of its first-token, padding, separator, unknown and mask tokens
+        (RoBERTa's `<s> <pad> </s> <unk> <mask>`, BERT's `[CLS] [PAD] [SEP] [UNK] [MASK]`).
+    base_model_prefix: where the encoder sits in its task checkpoints (`roberta.`, `bert.`).
+    positions_after_pad: RoBERTa's rule (fairseq's): real tokens are at positions pad_token_id + 1,
+        + 2, ... and padding at pad_token_id. False: BERT's, 0, 1, 2, ... at every position.
+    token_types: its tokenizer returns `token_type_ids` (0 for the first text, 1 for the second)
+        and its models are given them; RoBERTa's tokenizers return none (one type, 0).
+    pooled_classifier: its sequence classifier reads the pooler's output (tanh(W h_first)) through
+        dropout and one Linear (BERT's), not RoBERTa's two-layer head on the first token's state.
+    config_defaults: config.json values of this family where a key is absent (its HF config class's
+        defaults where they differ from roberta-base's); a None may stay None.
     """
 
     name: str
@@ -67,9 +83,16 @@ class Family:
     prefix: str
     tokenizer_class: str
     sentencepiece: tuple[tuple[str, ...], int] | None = None
+    special_tokens: tuple[str, str, str, str, str] = ROBERTA_SPECIAL_TOKENS
+    base_model_prefix: str = "roberta"
+    positions_after_pad: bool = True
+    token_types: bool = False
+    pooled_classifier: bool = False
+    config_defaults: tuple[tuple[str, Any], ...] = ()
 
 
-# model_type -> family. DistilRoBERTa is a 6-layer RoBERTa (model_type "roberta").
+# model_type -> family. DistilRoBERTa is a 6-layer RoBERTa (model_type "roberta"); MiniLM
+# checkpoints are BERT's (model_type "bert").
 FAMILIES: dict[str, Family] = {
     f.model_type: f
     for f in (
@@ -92,9 +115,30 @@ FAMILIES: dict[str, Family] = {
             "CamembertTokenizer",
             (("<s>NOTUSED", "<pad>", "</s>NOTUSED", "<unk>", "<unk>NOTUSED"), 1),
         ),
+        # BERT (Devlin et al.) and MiniLM: WordPiece, [CLS] A [SEP] B [SEP] with token types 0/1,
+        # learned positions from 0 (512 rows), LayerNorm eps 1e-12, no bos/eos in config.json.
+        Family(
+            "BERT",
+            "bert",
+            "Bert",
+            "BertTokenizer",
+            special_tokens=("[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"),
+            base_model_prefix="bert",
+            positions_after_pad=False,
+            token_types=True,
+            pooled_classifier=True,
+            config_defaults=(
+                ("max_position_embeddings", 512),
+                ("type_vocab_size", 2),
+                ("layer_norm_eps", 1e-12),
+                ("pad_token_id", 0),
+                ("bos_token_id", None),
+                ("eos_token_id", None),
+            ),
+        ),
     )
 }
-NOT_YET_SUPPORTED = "BERT, MiniLM and sentence-transformers folders are not supported yet"
+NOT_YET_SUPPORTED = "sentence-transformers folders are not supported yet"
 
 
 def family(model_type: Any) -> Family:
@@ -107,9 +151,17 @@ def family(model_type: Any) -> Family:
     return FAMILIES[model_type]
 
 
+# Class names that are read as another class of ours: BERT's pretraining checkpoint holds the
+# masked-LM head (and a next-sentence head, which nothing here uses).
+READ_AS = {"BertForPreTraining": "RobertaForMaskedLM"}
+
+
 def roberta_architecture(name: str) -> str:
-    """A family's class name -> RoBERTa's (`XLMRobertaForMaskedLM` -> `RobertaForMaskedLM`); any other
-    name (`EncoderDecoderModel`, an unknown class) is returned as it is."""
+    """A family's class name -> RoBERTa's (`XLMRobertaForMaskedLM` -> `RobertaForMaskedLM`,
+    `BertForPreTraining` -> `RobertaForMaskedLM`); any other name (`EncoderDecoderModel`, an
+    unknown class) is returned as it is."""
+    if name in READ_AS:
+        return READ_AS[name]
     for f in sorted(FAMILIES.values(), key=lambda f: -len(f.prefix)):
         if name.startswith(f.prefix) and name[len(f.prefix) :].startswith(("For", "Model")):
             return "Roberta" + name[len(f.prefix) :]
@@ -138,8 +190,8 @@ class RobertaConfig:
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-5
     pad_token_id: int = 1
-    bos_token_id: int = 0
-    eos_token_id: int = 2
+    bos_token_id: int | None = 0
+    eos_token_id: int | None = 2  # None only where the family has none in config.json (BERT)
     position_embedding_type: str = "learned"  # "learned" (real checkpoints) or "sinusoidal"
     # Task heads (see heads.py). id2label keys are ints here; JSON stores them as strings.
     num_labels: int = 2
@@ -147,7 +199,7 @@ class RobertaConfig:
     # "single_label_classification" | "multi_label_classification" | "regression"; None: inferred
     problem_type: str | None = None
     classifier_dropout: float | None = None
-    # The family (see FAMILIES): "roberta", "xlm-roberta" or "camembert"; kept on load and save.
+    # The family (see FAMILIES): "roberta", "xlm-roberta", "camembert" or "bert"; kept on load and save.
     model_type: str = "roberta"
     # Keys from a config.json that this class does not model; kept so that save -> load loses nothing.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -160,7 +212,11 @@ class RobertaConfig:
         self._check_memory()
 
     def _check_types(self) -> None:
+        family(self.model_type)
+        optional = {k for k, v in self.family_defaults().items() if v is None}  # may stay None
         for key, minimum in _INT_MINIMUMS.items():
+            if key in optional and getattr(self, key) is None:
+                continue
             setattr(self, key, _integer(key, getattr(self, key), minimum))
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             setattr(self, key, _real(key, getattr(self, key), "a probability in [0, 1]", 0.0, 1.0))
@@ -183,7 +239,6 @@ class RobertaConfig:
         if self.id2label is not None:
             self.id2label = _labels(self.id2label)
             self.num_labels = len(self.id2label)
-        family(self.model_type)
         if not isinstance(self.extra, dict):
             raise _bad("extra", self.extra, "an object (the config.json keys this class does not model)")
 
@@ -196,13 +251,13 @@ class RobertaConfig:
                 "each head gets hidden_size / num_attention_heads dimensions",
             )
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            if getattr(self, key) >= self.vocab_size:
+            if getattr(self, key) is not None and getattr(self, key) >= self.vocab_size:
                 raise _bad(
                     key,
                     getattr(self, key),
                     f"a token id in the vocabulary, 0..{self.vocab_size - 1} (vocab_size {self.vocab_size})",
                 )
-        if self.max_position_embeddings < self.pad_token_id + 2:
+        if self.max_position_embeddings < self.position_offset + 1:
             raise _bad(
                 "max_position_embeddings",
                 self.max_position_embeddings,
@@ -268,9 +323,22 @@ class RobertaConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def family(self) -> Family:
+        """The family of `model_type` (see FAMILIES): its names and rules."""
+        return family(self.model_type)
+
+    def family_defaults(self) -> dict[str, Any]:
+        return dict(self.family.config_defaults)
+
+    @property
+    def position_offset(self) -> int:
+        """The position of the first token: pad_token_id + 1 by RoBERTa's rule, 0 by BERT's."""
+        return self.pad_token_id + 1 if self.family.positions_after_pad else 0
+
+    @property
     def max_length(self) -> int:
         """The longest input, in tokens, that the position table can hold."""
-        return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings - self.position_offset
 
     @property
     def label2id(self) -> dict[str, int] | None:
@@ -289,6 +357,9 @@ class RobertaConfig:
         extra = {k: v for k, v in d.items() if k not in names and k not in _REGENERATED_KEYS | {"label2id"}}
         if isinstance(d.get("extra"), dict):  # a dict made from this class (dataclasses.asdict)
             extra.update(extra.pop("extra"))
+        model_type = d.get("model_type", "roberta")
+        if isinstance(model_type, str) and model_type in FAMILIES:  # else the check names it
+            known = {**dict(FAMILIES[model_type].config_defaults), **known}
         if extra:
             logger.debug("config keys kept but not used by the model: %s", sorted(extra))
         return cls(**known, extra=extra)

@@ -3,7 +3,12 @@
 Each class loads and saves the Hugging Face checkpoint of the same name (head keys `lm_head.*`,
 `classifier.*`, `qa_outputs.*` are HF's own), returns a small output object with `logits`
 (question answering: `start_logits`, `end_logits`) and a `loss` when labels are given.
-Labels equal to -100 are ignored.
+Labels equal to -100 are ignored. Every forward takes the encoder's keyword arguments too
+(`token_type_ids` (B, T), 0 = first text, 1 = second, for a family that has them: BERT).
+
+A family's checkpoints (FAMILIES in roberta/config.py) load into the same classes: BERT's
+`BertForMaskedLM` is our RobertaForMaskedLM with its head under BERT's names (checkpoint.py's
+HEAD_KEY_MAPS); BERT's sequence classifier reads the pooler (`pooled_classifier`).
 """
 
 from __future__ import annotations
@@ -138,6 +143,20 @@ class ClassificationHead(nn.Module):
         return self.out_proj(x)  # (B, num_labels)
 
 
+class PooledClassificationHead(nn.Module):
+    """BERT's: the pooled first token (the encoder's pooler, tanh(W h_[CLS])) -> dropout -> out_proj."""
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__()
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled: (B, C), the pooler's output."""
+        return self.out_proj(self.dropout(pooled))  # (B, num_labels)
+
+
 def problem_type(config: RobertaConfig, labels: torch.Tensor) -> str:
     """The config's problem_type, else HF's rule: 1 label = regression; integer labels = single-label."""
     if config.problem_type:
@@ -182,8 +201,9 @@ class RobertaForSequenceClassification(TaskModel):
     def __init__(self, config: RobertaConfig):
         super().__init__()
         self.config = config
-        self.roberta = RobertaModel(config, add_pooler=False)
-        self.classifier = ClassificationHead(config)
+        pooled = config.family.pooled_classifier  # BERT's classifies the pooler's output
+        self.roberta = RobertaModel(config, add_pooler=pooled)
+        self.classifier = PooledClassificationHead(config) if pooled else ClassificationHead(config)
         self.classifier.apply(self._init_weights)
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **encoder_kw) -> TaskOutput:
@@ -191,7 +211,10 @@ class RobertaForSequenceClassification(TaskModel):
         # the head reads <s> only, so the encoder's last layer runs at that position only
         first = first_position(input_ids if input_ids is not None else encoder_kw.get("inputs_embeds"))
         out = self.encode(input_ids, attention_mask, subset_mask=first, **encoder_kw)
-        logits = self.classifier(out.last_hidden_state)  # (B, num_labels)
+        h = out.last_hidden_state  # (B, C): the first token's final state
+        if self.roberta.pooler is not None:
+            h = self.roberta.pooler(h[:, None])  # (B, C): tanh(W h)
+        logits = self.classifier(h)  # (B, num_labels)
         loss = None if labels is None else classification_loss(self.config, logits, labels)
         return TaskOutput(logits, loss, out.hidden_states, out.attentions)
 
@@ -277,11 +300,13 @@ class RobertaForMultipleChoice(TaskModel):
         self.classifier.apply(self._init_weights)
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **encoder_kw) -> TaskOutput:
-        """input_ids, attention_mask: (B, num_choices, T); labels: (B,) the right choice."""
+        """input_ids, attention_mask (and token_type_ids): (B, num_choices, T); labels: (B,) the right choice."""
         if input_ids is None or input_ids.dim() != 3:
             raise ValueError("multiple choice takes input_ids of shape (batch, num_choices, length)")
         B, N, T = input_ids.shape
         flat_mask = None if attention_mask is None else attention_mask.reshape(B * N, T)
+        if encoder_kw.get("token_type_ids") is not None:
+            encoder_kw["token_type_ids"] = encoder_kw["token_type_ids"].reshape(B * N, T)
         out = self.encode(input_ids.reshape(B * N, T), flat_mask, **encoder_kw)
         logits = self.classifier(self.dropout(out.pooler_output)).view(B, N)  # (B, num_choices)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)

@@ -61,15 +61,22 @@ def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
 
 
 class Embeddings(nn.Module):
-    """Token embedding + position embedding (+ token type), then LayerNorm and dropout."""
+    """Token embedding + position embedding (+ token type), then LayerNorm and dropout.
+
+    Positions follow the config's family: RoBERTa's count real tokens from pad_token_id + 1 (padding
+    sits at pad_token_id, a row kept at zero); BERT's are 0, 1, 2, ... at every position.
+    """
 
     def __init__(self, config: RobertaConfig):
         super().__init__()
         self.pad_token_id = config.pad_token_id
+        self.positions_after_pad = config.family.positions_after_pad
+        self.first_position = config.position_offset
         self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         if config.position_embedding_type == "learned":
+            pad_row = config.pad_token_id if self.positions_after_pad else None
             self.position = nn.Embedding(
-                config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
+                config.max_position_embeddings, config.hidden_size, padding_idx=pad_row
             )
         else:
             self.position = nn.Embedding.from_pretrained(
@@ -92,10 +99,10 @@ class Embeddings(nn.Module):
             inputs_embeds = self.word(input_ids)  # (B, T, C)
         B, T, _ = inputs_embeds.shape
         if position_ids is None:
-            if input_ids is not None:
+            if input_ids is not None and self.positions_after_pad:
                 position_ids = position_ids_from_input_ids(input_ids, self.pad_token_id)  # (B, T)
-            else:  # no ids to find padding in: every embedding is a real token
-                start = self.pad_token_id + 1
+            else:  # BERT's rule, or no ids to find padding in: every embedding is a real token
+                start = self.first_position
                 position_ids = torch.arange(start, start + T, device=inputs_embeds.device).expand(B, T)
         x = inputs_embeds + self.position(position_ids)
         if self.token_type is not None:
@@ -335,8 +342,9 @@ class RobertaModel(PretrainedModel):
         Args:
             input_ids: (B, T) token ids. Give either these or `inputs_embeds` (B, T, C).
             attention_mask: (B, T), 1 = real token, 0 = padding. Default: all real.
-            token_type_ids: (B, T) segment ids; RoBERTa checkpoints have a single type (0).
-            position_ids: (B, T) explicit positions. Default: pad+1, pad+2, ... over real tokens.
+            token_type_ids: (B, T) segment ids, 0 = first text, 1 = second (BERT); RoBERTa
+                checkpoints have a single type (0). Default: all 0.
+            position_ids: (B, T) explicit positions. Default: the family's rule (see Embeddings).
             output_hidden_states: also return the embeddings and every layer's output.
             output_attentions: also return every layer's attention weights (B, nh, T, T).
             subset_mask: (B, T) bool, the only positions whose final state is wanted; then

@@ -348,7 +348,7 @@ def init_neighbour_heads(model: RobertaForMaskedLM, offsets: Sequence[int] = (-1
     emb, attn = model.roberta.embeddings, model.roberta.encoder.layers[0].attn
     sigma = cfg.initializer_range
     alpha = sigma * math.sqrt(2 * (C - d) / d)  # sin/cos amplitude: positions get a word's energy
-    first = cfg.pad_token_id + 1  # positions start at pad+1
+    first = cfg.position_offset  # the first position: pad+1 (RoBERTa), 0 (BERT)
     omega = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(10000.0) / d))  # (d/2,)
     i = torch.arange(0, d // 4, 2)  # the fastest d/8 sin/cos pairs: they tell neighbours apart
     heads = [  # (W_Q rows, W_K rows, δ) of each neighbour head

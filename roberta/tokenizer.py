@@ -1,5 +1,5 @@
-"""Tokenizer: RoBERTa's byte-level BPE, and the SentencePiece vocabularies of XLM-R and CamemBERT,
-built on the `tokenizers` library.
+"""Tokenizer: RoBERTa's byte-level BPE, the SentencePiece vocabularies of XLM-R and CamemBERT, and
+BERT's (and MiniLM's) WordPiece, built on the `tokenizers` library.
 
 The pipeline is roberta-base's own `tokenizer.json`: a BPE model over GPT-2's byte alphabet, the
 ByteLevel pre-tokenizer (spaces belong to the next word: `" Hello"` -> `ĠHello`), the ByteLevel
@@ -15,6 +15,11 @@ The families on RoBERTa's encoder (`FAMILIES` in roberta/config.py) bring their 
 `tokenizer.json` that is not byte-level BPE (XLM-R's and CamemBERT's Unigram, with their Precompiled
 normalizer and Metaspace pre-tokenizer) is used as the file says, and a `sentencepiece.bpe.model`
 loads with fairseq's ids (`from_sentencepiece`); both then equal transformers' tokenizer of the family.
+BERT's `vocab.txt` loads with transformers' BertTokenizer pipeline (`from_wordpiece`: BertNormalizer
+with the folder's lower-casing and accent stripping, BertPreTokenizer, `[CLS] A [SEP] B [SEP]`), as
+does a WordPiece `tokenizer.json`; a family with token types (BERT) also returns `token_type_ids`,
+0 on the first text and its specials, 1 on the second: what BertTokenizer returns. RoBERTa's
+tokenizers return none, as RobertaTokenizerFast.
 
     tok = Tokenizer.from_pretrained("path/to/roberta-base")
     batch = tok(["Hello world", "Hi"], padding=True, return_tensors="pt")
@@ -45,6 +50,7 @@ BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
 # RoBERTa's ids: <s>=0 <pad>=1 </s>=2 <unk>=3 (fairseq's dictionary order); <mask> is the last id.
 SPECIAL_TOKENS = (BOS, PAD, EOS, UNK, MASK)
 SENTENCEPIECE_FILE = "sentencepiece.bpe.model"  # XLM-R's and CamemBERT's vocabulary
+WORDPIECE_FILE = "vocab.txt"  # BERT's vocabulary: one token a line, the line number its id
 DEFAULT_MODEL_MAX_LENGTH = 512  # roberta-base: 514 positions = 512 tokens + the pad offset
 RETURN_TENSORS = (None, "pt", "np")  # lists, torch.long tensors, numpy int64 arrays (ONNX runtimes)
 
@@ -65,7 +71,7 @@ _TRUNCATION = {
     "only_first": "only_first",
     "only_second": "only_second",
 }
-_SPECIAL_TOKENS_MAP = {
+_SPECIAL_TOKENS_MAP = {  # RoBERTa's; BERT's: _special_tokens_map
     "bos_token": BOS,
     "eos_token": EOS,
     "sep_token": EOS,
@@ -87,7 +93,8 @@ TextInput = str | Sequence[str]  # a text, or a list of words when is_split_into
 class Encoding(dict):
     """The tokenizer's output: a dict of model inputs, so that `model(**batch)` works.
 
-    Keys: `input_ids`, `attention_mask` (1 = real token, 0 = padding), and on request
+    Keys: `input_ids`, `attention_mask` (1 = real token, 0 = padding), `token_type_ids` for a family
+    that has them (BERT: 0 = first text and its specials, 1 = second text; pads 0), and on request
     `offset_mapping` ((start, end) character offsets into the text; (0, 0) for special tokens and
     pads), `special_tokens_mask` (1 = `<s>`, `</s>` or pad) and `overflow_to_sample_mapping` (for
     each row, the index of the input it came from). Values are lists, or torch.long tensors of
@@ -126,17 +133,19 @@ class Tokenizer:
     """A RoBERTa-family tokenizer: text -> ids, ids -> text.
 
     Args:
-        backend: a `tokenizers.Tokenizer` that knows the five special tokens `<s> <pad> </s> <unk>
-            <mask>`. A byte-level BPE one (RoBERTa's) gets RoBERTa's pre-tokenizer, decoder and
-            post-processor; any other (XLM-R's and CamemBERT's Unigram) is used as it is.
+        backend: a `tokenizers.Tokenizer` that knows its family's five special tokens (`<s> <pad>
+            </s> <unk> <mask>`; BERT's `[CLS] [PAD] [SEP] [UNK] [MASK]`). A byte-level BPE one
+            (RoBERTa's) gets RoBERTa's pre-tokenizer, decoder and post-processor; any other (XLM-R's
+            and CamemBERT's Unigram, BERT's WordPiece) is used as it is.
         add_prefix_space: byte-level BPE only: treat the text as if it began with a space, so its
             first word gets the same ids as it would mid-sentence. roberta-base was trained without
             it (False). A SentencePiece pipeline keeps its own Metaspace setting.
         model_max_length: the longest input the model takes, in tokens (512 for roberta-base); the
             default `max_length` of truncation and of `padding="max_length"`.
         model_type: the family (`FAMILIES` in roberta/config.py), which names the tokenizer class
-            that `save_pretrained` writes; None: "roberta" for byte-level BPE, else "camembert" when
-            the vocabulary has CamemBERT's `<s>NOTUSED`, else "xlm-roberta".
+            that `save_pretrained` writes, its special tokens and whether it has token types; None:
+            "roberta" for byte-level BPE, "bert" for WordPiece, else "camembert" when the vocabulary
+            has CamemBERT's `<s>NOTUSED`, else "xlm-roberta".
     """
 
     def __init__(
@@ -147,16 +156,17 @@ class Tokenizer:
         model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
         model_type: str | None = None,
     ):
-        missing = [t for t in SPECIAL_TOKENS if backend.token_to_id(t) is None]
-        if missing:
-            raise ValueError(
-                f"the tokenizer lacks RoBERTa's special tokens {missing}; supported: the tokenizers of "
-                f"{', '.join(f.name for f in FAMILIES.values())}. {NOT_YET_SUPPORTED}"
-            )
         self._byte_level = _is_byte_level(backend)
         if model_type is None:
-            model_type = "roberta" if self._byte_level else _sentencepiece_family(backend)
-        self.model_type = family(model_type).model_type
+            model_type = _backend_family(backend, self._byte_level)
+        self.family = family(model_type)
+        self.model_type = self.family.model_type
+        missing = [t for t in self.family.special_tokens if backend.token_to_id(t) is None]
+        if missing:
+            raise ValueError(
+                f"the tokenizer lacks {self.family.name}'s special tokens {missing}; supported: the "
+                f"tokenizers of {', '.join(f.name for f in FAMILIES.values())}. {NOT_YET_SUPPORTED}"
+            )
         if self._byte_level:
             _set_roberta_pipeline(backend, add_prefix_space)
         backend.no_truncation()  # set per call instead (a tokenizer.json may carry its own)
@@ -217,6 +227,30 @@ class Tokenizer:
         return cls(_sentencepiece_backend(proto, layout), model_type=model_type, **kwargs)
 
     @classmethod
+    def from_wordpiece(
+        cls,
+        vocab_file: str | os.PathLike,
+        *,
+        do_lower_case: bool = True,
+        strip_accents: bool | None = None,
+        tokenize_chinese_chars: bool = True,
+        **kwargs: Any,
+    ) -> Tokenizer:
+        """Load BERT's (or MiniLM's) `vocab.txt`, built as transformers' BertTokenizer builds it.
+
+        The pipeline is `tokenizers`' own BERT pieces: BertNormalizer (control characters removed,
+        spaces around CJK characters when `tokenize_chinese_chars`, lower-casing when `do_lower_case`,
+        accents stripped when `strip_accents`, which None makes follow `do_lower_case`, as in
+        the original BERT), BertPreTokenizer (split on spaces and punctuation), WordPiece (`##`
+        continuations, `[UNK]` for a word it cannot spell), and `[CLS] A [SEP]` / `[CLS] A [SEP] B
+        [SEP]` with token types 0 and 1. Keyword arguments go to the constructor.
+        """
+        backend = _wordpiece_backend(
+            _read_wordpiece_vocab(Path(vocab_file)), do_lower_case, strip_accents, tokenize_chinese_chars
+        )
+        return cls(backend, model_type="bert", **kwargs)
+
+    @classmethod
     def from_fairseq(
         cls,
         encoder: str | os.PathLike,
@@ -243,10 +277,12 @@ class Tokenizer:
     ) -> Tokenizer:
         """Load from a folder, a built-in model or a Hub id (see `roberta.hub.resolve`).
 
-        The folder may hold `tokenizer.json`, else `vocab.json` + `merges.txt`, else XLM-R's or
-        CamemBERT's `sentencepiece.bpe.model` (the family from tokenizer_config.json's
-        `tokenizer_class`, else config.json's `model_type`), else fairseq's `encoder.json` +
-        `vocab.bpe` + `dict.txt` (first found wins). `tokenizer_config.json`, if
+        The folder may hold `tokenizer.json`, else `vocab.json` + `merges.txt`, else BERT's
+        `vocab.txt` (lower-casing, accent stripping and CJK splitting from tokenizer_config.json's
+        `do_lower_case`, `strip_accents`, `tokenize_chinese_chars`, as transformers reads them),
+        else XLM-R's or CamemBERT's `sentencepiece.bpe.model` (the family from
+        tokenizer_config.json's `tokenizer_class`, else config.json's `model_type`), else fairseq's
+        `encoder.json` + `vocab.bpe` + `dict.txt` (first found wins). `tokenizer_config.json`, if
         present, gives `model_max_length` and `add_prefix_space`; arguments that are not None
         override it. When the folder also holds a model whose `config.json` has room for fewer
         tokens than that `model_max_length` (max_position_embeddings - pad_token_id - 1), the
@@ -279,6 +315,14 @@ class Tokenizer:
             return cls.from_file(folder / "tokenizer.json", **kwargs)
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             return cls.from_files(folder / "vocab.json", folder / "merges.txt", **kwargs)
+        if (folder / WORDPIECE_FILE).is_file():
+            kwargs.pop("add_prefix_space", None)  # a byte-level BPE setting
+            bert = {
+                k: config[k]
+                for k in ("do_lower_case", "strip_accents", "tokenize_chinese_chars")
+                if k in config
+            }
+            return cls.from_wordpiece(folder / WORDPIECE_FILE, **bert, **kwargs)
         if (folder / SENTENCEPIECE_FILE).is_file():
             model_type = _folder_family(folder, config)
             return cls.from_sentencepiece(folder / SENTENCEPIECE_FILE, model_type, **kwargs)
@@ -288,8 +332,8 @@ class Tokenizer:
         found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
         raise FileNotFoundError(
             f"no tokenizer in {folder} (found: {found}); supported: tokenizer.json, vocab.json + "
-            f"merges.txt (RoBERTa), {SENTENCEPIECE_FILE} (XLM-R, CamemBERT), or fairseq's encoder.json + "
-            f"vocab.bpe + dict.txt. {NOT_YET_SUPPORTED}"
+            f"merges.txt (RoBERTa), {WORDPIECE_FILE} (BERT, MiniLM), {SENTENCEPIECE_FILE} (XLM-R, "
+            f"CamemBERT), or fairseq's encoder.json + vocab.bpe + dict.txt. {NOT_YET_SUPPORTED}"
         )
 
     @classmethod
@@ -335,18 +379,24 @@ class Tokenizer:
         """Write the tokenizer so that both `from_pretrained` and transformers' AutoTokenizer load it.
 
         Writes `tokenizer.json`, `tokenizer_config.json` (the family's tokenizer class) and
-        `special_tokens_map.json`, and for byte-level BPE also `vocab.json` and `merges.txt`, each
-        atomically (a temp file in the folder, then a rename). Returns the folder.
+        `special_tokens_map.json`, for byte-level BPE also `vocab.json` and `merges.txt`, and for
+        WordPiece `vocab.txt` and the normalizer's settings (`do_lower_case`, ...), each atomically
+        (a temp file in the folder, then a rename). Returns the folder.
         """
         folder = Path(save_directory)
         tokenizer_json = self._backend.to_str(pretty=True)
+        special_map = _special_tokens_map(self.family.special_tokens)
         config = {
-            "tokenizer_class": FAMILIES[self.model_type].tokenizer_class,
+            "tokenizer_class": self.family.tokenizer_class,
             "model_max_length": self.model_max_length,
-            **{k: v for k, v in _SPECIAL_TOKENS_MAP.items() if k != "mask_token"},
-            "mask_token": MASK,
+            **{k: v for k, v in special_map.items() if k != "mask_token"},
+            "mask_token": self.mask_token,
         }
         files = {"tokenizer.json": tokenizer_json}
+        if isinstance(self._backend.model, models.WordPiece):
+            config.update(_wordpiece_settings(self._backend))
+            token_ids = sorted(self.get_vocab().items(), key=lambda item: item[1])
+            files[WORDPIECE_FILE] = "".join(f"{token}\n" for token, _ in token_ids)
         if self._byte_level:
             config.update(add_prefix_space=self.add_prefix_space, trim_offsets=True, errors="replace")
             token_ids = sorted(self.get_vocab().items(), key=lambda item: item[1])
@@ -354,7 +404,7 @@ class Tokenizer:
             files.update({"vocab.json": json.dumps(dict(token_ids), ensure_ascii=False)})
             files["merges.txt"] = "#version: 0.2\n" + merges
         files["tokenizer_config.json"] = json.dumps(config, indent=2) + "\n"
-        files["special_tokens_map.json"] = json.dumps(_SPECIAL_TOKENS_MAP, indent=2) + "\n"
+        files["special_tokens_map.json"] = json.dumps(special_map, indent=2) + "\n"
         for name, text in files.items():
             write_text_atomic(folder / name, text)
         return folder
@@ -383,7 +433,7 @@ class Tokenizer:
             text: a string, or a list of strings (a batch). With `is_split_into_words=True`: a list
                 of words, or a list of such lists (a batch).
             text_pair: the second sequence (e.g. the context after a question), shaped like `text`;
-                encoded as `<s> A </s></s> B </s>`.
+                encoded as `<s> A </s></s> B </s>` (BERT: `[CLS] A [SEP] B [SEP]`, token types 0/1).
             padding: False (none); True or "longest" (to the longest row); "max_length" (to
                 `max_length`, default `model_max_length`). Pads are id 1 on the right, with
                 attention_mask 0 and offsets (0, 0).
@@ -417,7 +467,11 @@ class Tokenizer:
             inputs, is_split_into_words, add_special_tokens, padding, truncation, max_length, stride
         )
         data, rows = _collect(
-            encodings, return_overflowing_tokens, return_special_tokens_mask, return_offsets_mapping
+            encodings,
+            return_overflowing_tokens,
+            return_special_tokens_mask,
+            return_offsets_mapping,
+            self.family.token_types,
         )
         if return_tensors is not None:
             return Encoding(_to_tensors(data, return_tensors), rows)
@@ -452,7 +506,9 @@ class Tokenizer:
                     backend.enable_truncation(length, stride=stride, strategy=strategy)
                 if pad_to is not None:
                     pad_length = length if pad_to == "max_length" else None
-                    backend.enable_padding(pad_id=self.pad_token_id, pad_token=PAD, length=pad_length)
+                    backend.enable_padding(
+                        pad_id=self.pad_token_id, pad_token=self.family.special_tokens[1], length=pad_length
+                    )
                 return backend.encode_batch(
                     inputs, is_pretokenized=is_split_into_words, add_special_tokens=add_special_tokens
                 )
@@ -527,31 +583,44 @@ class Tokenizer:
 
     @property
     def bos_token_id(self) -> int:
-        return self._backend.token_to_id(BOS)
+        """The first token's id: `<s>` (BERT: `[CLS]`)."""
+        return self._backend.token_to_id(self.family.special_tokens[0])
 
     cls_token_id = bos_token_id
 
     @property
     def pad_token_id(self) -> int:
-        return self._backend.token_to_id(PAD)
+        return self._backend.token_to_id(self.family.special_tokens[1])
 
     @property
     def eos_token_id(self) -> int:
-        return self._backend.token_to_id(EOS)
+        """The separator's id: `</s>` (BERT: `[SEP]`)."""
+        return self._backend.token_to_id(self.family.special_tokens[2])
 
     sep_token_id = eos_token_id
 
     @property
     def unk_token_id(self) -> int:
-        return self._backend.token_to_id(UNK)
+        return self._backend.token_to_id(self.family.special_tokens[3])
 
     @property
     def mask_token_id(self) -> int:
-        return self._backend.token_to_id(MASK)
+        return self._backend.token_to_id(self.family.special_tokens[4])
 
     @property
     def mask_token(self) -> str:
-        return MASK
+        """`<mask>` (BERT: `[MASK]`): what a fill-mask text writes where the word goes."""
+        return self.family.special_tokens[4]
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        """The family's five special token strings: first, pad, separator, unknown, mask."""
+        return self.family.special_tokens
+
+    @property
+    def token_types(self) -> bool:
+        """Whether encodings carry `token_type_ids` (the family's models take them: BERT)."""
+        return self.family.token_types
 
     def __repr__(self) -> str:
         return (
@@ -587,6 +656,73 @@ def _set_roberta_pipeline(backend: tokenizers.Tokenizer, add_prefix_space: bool)
         trim_offsets=True,
         add_prefix_space=add_prefix_space,
     )
+
+
+def _backend_family(backend: tokenizers.Tokenizer, byte_level: bool) -> str:
+    """The family a backend's vocabulary belongs to: byte-level BPE is RoBERTa's, WordPiece BERT's,
+    a SentencePiece Unigram XLM-R's or CamemBERT's."""
+    if byte_level:
+        return "roberta"
+    if isinstance(backend.model, models.WordPiece):
+        return "bert"
+    return _sentencepiece_family(backend)
+
+
+def _special_tokens_map(special_tokens: tuple[str, ...]) -> dict[str, Any]:
+    """special_tokens_map.json of a family: RoBERTa's (with its `<mask>` that takes the space
+    before it), or BERT's `[CLS] [PAD] [SEP] [UNK] [MASK]` (no bos/eos)."""
+    if special_tokens == SPECIAL_TOKENS:
+        return _SPECIAL_TOKENS_MAP
+    names = ("cls_token", "pad_token", "sep_token", "unk_token", "mask_token")
+    return dict(zip(names, special_tokens))
+
+
+def _read_wordpiece_vocab(path: Path) -> dict[str, int]:
+    """vocab.txt: token -> its line number (0-based), as transformers' load_vocab reads it."""
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e}); is it BERT's vocab.txt?") from None
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    vocab: dict[str, int] = {}
+    for i, token in enumerate(lines):
+        vocab[token.removesuffix("\r")] = i  # a later duplicate wins, as in transformers
+    return vocab
+
+
+def _wordpiece_backend(
+    vocab: dict[str, int], lowercase: bool, strip_accents: bool | None, chinese_chars: bool
+) -> tokenizers.Tokenizer:
+    """transformers' BertTokenizer pipeline on a WordPiece vocabulary (see `from_wordpiece`)."""
+    cls_, pad, sep, unk, mask = FAMILIES["bert"].special_tokens
+    backend = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token=unk))
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=chinese_chars, strip_accents=strip_accents, lowercase=lowercase
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    specials = [t for t in (pad, unk, cls_, sep, mask) if t in vocab]  # a missing one: the constructor says
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
+    if cls_ in vocab and sep in vocab:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{cls_}:0 $A:0 {sep}:0",
+            pair=f"{cls_}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+            special_tokens=[(cls_, vocab[cls_]), (sep, vocab[sep])],
+        )
+    return backend
+
+
+def _wordpiece_settings(backend: tokenizers.Tokenizer) -> dict[str, Any]:
+    """tokenizer_config.json's BertTokenizer settings, read from the backend's BertNormalizer."""
+    norm = backend.normalizer
+    if not isinstance(norm, normalizers.BertNormalizer):
+        return {}
+    return {
+        "do_lower_case": norm.lowercase,
+        "strip_accents": norm.strip_accents,
+        "tokenize_chinese_chars": norm.handle_chinese_chars,
+    }
 
 
 def _is_byte_level(backend: tokenizers.Tokenizer) -> bool:
@@ -692,8 +828,9 @@ def _fairseq_vocab(encoder: str | os.PathLike, dictionary: str | os.PathLike) ->
 
 def _model_max_length(folder: Path) -> int | None:
     """The most tokens the position tables of the model in `folder` hold (config.json's
-    max_position_embeddings - pad_token_id - 1; the smaller stack's for an encoder-decoder), or
-    None without a readable config.json that says (loading the model reports a broken one)."""
+    max_position_embeddings - pad_token_id - 1, or all of them by BERT's rule: positions from 0;
+    the smaller stack's for an encoder-decoder), or None without a readable config.json that says
+    (loading the model reports a broken one)."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -704,7 +841,13 @@ def _model_max_length(folder: Path) -> int | None:
     for stack in (config, config.get("encoder"), config.get("decoder")):
         if isinstance(stack, dict) and isinstance(stack.get("max_position_embeddings"), int):
             pad = stack.get("pad_token_id", 1)
-            limit = stack["max_position_embeddings"] - (pad if isinstance(pad, int) else 1) - 1
+            offset = (pad if isinstance(pad, int) else 1) + 1
+            known = (
+                FAMILIES.get(stack.get("model_type")) if isinstance(stack.get("model_type"), str) else None
+            )
+            if known is not None and not known.positions_after_pad:
+                offset = 0
+            limit = stack["max_position_embeddings"] - offset
             if limit >= 1:
                 limits.append(limit)
     return min(limits, default=None)
@@ -785,7 +928,11 @@ def _as_batch(text: Any, text_pair: Any, is_split_into_words: bool) -> tuple[lis
 
 
 def _collect(
-    encodings: list[tokenizers.Encoding], overflow: bool, special_tokens_mask: bool, offsets: bool
+    encodings: list[tokenizers.Encoding],
+    overflow: bool,
+    special_tokens_mask: bool,
+    offsets: bool,
+    token_types: bool = False,
 ) -> tuple[dict[str, list[Any]], list[tokenizers.Encoding]]:
     """The output columns, one row per encoding (and per overflow window when `overflow`)."""
     rows: list[tokenizers.Encoding] = []
@@ -794,10 +941,10 @@ def _collect(
         group = [encoding, *encoding.overflowing] if overflow else [encoding]
         rows += group
         sample += [i] * len(group)
-    data: dict[str, list[Any]] = {
-        "input_ids": [e.ids for e in rows],
-        "attention_mask": [e.attention_mask for e in rows],
-    }
+    data: dict[str, list[Any]] = {"input_ids": [e.ids for e in rows]}
+    if token_types:
+        data["token_type_ids"] = [e.type_ids for e in rows]
+    data["attention_mask"] = [e.attention_mask for e in rows]
     if special_tokens_mask:
         data["special_tokens_mask"] = [e.special_tokens_mask for e in rows]
     if offsets:

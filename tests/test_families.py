@@ -125,20 +125,20 @@ def test_family_class_names_read_as_roberta_names():
     assert roberta_architecture("CamembertModel") == "RobertaModel"
     assert roberta_architecture("RobertaForMaskedLM") == "RobertaForMaskedLM"
     assert roberta_architecture("EncoderDecoderModel") == "EncoderDecoderModel"
-    assert roberta_architecture("BertForMaskedLM") == "BertForMaskedLM"
+    assert roberta_architecture("BertForMaskedLM") == "RobertaForMaskedLM"
+    assert roberta_architecture("BertForPreTraining") == "RobertaForMaskedLM"
+    assert roberta_architecture("DebertaV2ForMaskedLM") == "DebertaV2ForMaskedLM"
 
 
 def test_an_unknown_model_type_is_one_clear_error(tmp_path):
     torch.manual_seed(0)
-    transformers.BertModel(
-        transformers.BertConfig(**{**hf_config().to_dict(), "model_type": "bert"})
-    ).save_pretrained(tmp_path)
+    config = {**hf_config().to_dict(), "model_type": "deberta-v2", "architectures": ["DebertaV2Model"]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(
-        ValueError, match=r"config.json: .*'model_type' is 'bert'.*roberta, xlm-roberta, camembert"
+        ValueError,
+        match=r"config.json: .*'model_type' is 'deberta-v2'.*roberta, xlm-roberta, camembert, bert \(RoBERTa, XLM-R, CamemBERT, BERT\)",
     ):
         RobertaModel.from_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="BERT, MiniLM and sentence-transformers .* not supported yet"):
-        RobertaConfig.from_dict({"model_type": "bert"})
 
 
 # ---- tokenizers: XLM-R and CamemBERT, from sentencepiece.bpe.model and from tokenizer.json ------
@@ -286,9 +286,9 @@ def test_a_folder_without_a_tokenizer_names_what_it_found(tmp_path):
     from roberta.tokenizer import Tokenizer
 
     (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    (tmp_path / "spiece.model").write_text("not ours\n")
     with pytest.raises(
-        FileNotFoundError, match=r"found: config.json, vocab.txt\); supported: tokenizer.json.*"
+        FileNotFoundError, match=r"found: config.json, spiece.model\); supported: tokenizer.json.*"
     ):
         Tokenizer.from_pretrained(tmp_path)
 

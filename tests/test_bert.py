@@ -1,0 +1,351 @@
+"""BERT and MiniLM (model_type "bert") against transformers: checkpoints, tokenizer, token types.
+
+Tiny random BERT checkpoints saved by transformers (the base model and every head) load here with
+the same outputs within 1e-5 on a padded batch of text pairs with token types, and ours, saved, load
+in transformers' Auto classes as the same Bert* class with the same outputs. The WordPiece tokenizer
+(from vocab.txt and from tokenizer.json, cased and uncased, trained in the test) gives
+transformers' BertTokenizer's ids, token types and offsets. Every task command runs on a BERT folder.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_heads import TOL, labels_for, outputs_agree
+
+from roberta import RobertaConfig, RobertaModel
+from roberta.architectures import architecture_class
+from roberta.checkpoint import read_weights
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 103
+CLS, PAD, SEP = 2, 0, 3
+LENGTHS = (11, 4, 8, 1)  # B = 4, T = 11; the last row is a lone [CLS]
+
+
+def bert_config(**kw):
+    """Tiny, odd sizes (4 heads of 9); BERT's own defaults otherwise (eps 1e-12, 2 types, pad 0)."""
+    base = dict(
+        vocab_size=VOCAB,
+        hidden_size=36,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=24,
+        attn_implementation="eager",
+    )
+    return transformers.BertConfig(**{**base, **kw})
+
+
+def pair_batch(lengths=LENGTHS, seed: int = 0):
+    """(ids, mask, token types) (B, T): [CLS] A [SEP] B [SEP], right-padded with 0; types 1 on B."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.full((len(lengths), max(lengths)), PAD, dtype=torch.long)
+    mask, types = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(5, VOCAB, (n,), generator=g)
+        ids[i, 0], ids[i, n - 1] = CLS, SEP
+        mask[i, :n] = 1
+        if n >= 4:  # a pair: the first text's [SEP] halfway
+            ids[i, n // 2] = SEP
+            types[i, n // 2 + 1 : n] = 1
+    return ids, mask, types
+
+
+HEADS = {
+    "Model": (None, {}),
+    "ForMaskedLM": ("masked_lm", {}),
+    "ForSequenceClassification": ("single_label", dict(num_labels=3)),
+    "ForTokenClassification": ("token", dict(num_labels=5)),
+    "ForQuestionAnswering": ("qa", {}),
+    "ForMultipleChoice": ("multiple_choice", {}),
+}
+
+
+def batch_for(head: str, seed: int = 0):
+    """(inputs, mask, labels); multiple choice: 2 questions x 3 choices."""
+    if head != "ForMultipleChoice":
+        ids, mask, types = pair_batch(seed=seed)
+        name = HEADS[head][0]
+        labels = {} if name is None else labels_for(name, ids, mask)
+        return dict(input_ids=ids, attention_mask=mask, token_type_ids=types), mask, labels
+    ids, mask, types = pair_batch(lengths=(9, 3, 6, 5, 2, 7), seed=seed)
+    inputs = dict(input_ids=ids.view(2, 3, -1), attention_mask=mask.view(2, 3, -1))
+    inputs["token_type_ids"] = types.view(2, 3, -1)
+    return inputs, inputs["attention_mask"], {"labels": torch.tensor([2, 0])}
+
+
+def agree(head: str, ref, out, mask) -> None:
+    if head == "Model":
+        real = mask.bool()
+        assert (ref.last_hidden_state[real] - out.last_hidden_state[real]).abs().max() < TOL
+        assert (ref.pooler_output - out.pooler_output).abs().max() < TOL
+    elif head == "ForQuestionAnswering" and not mask.bool().all():
+        # The logits at real tokens agree. transformers' QA loss takes its softmax over padding too,
+        # whose logits differ here: with BERT's positions (0, 1, 2, ... at padding as well) each
+        # padding position has its own embedding, and the unpadded encoder (packing.py) gives every
+        # padding position of a row the first one's state. The loss is checked on a full batch.
+        for a, b in ((ref.start_logits, out.start_logits), (ref.end_logits, out.end_logits)):
+            assert (a - b)[mask.bool()].abs().max() < TOL
+    else:
+        outputs_agree(ref, out, mask)
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+@torch.no_grad()
+def test_bert_checkpoints_load_both_ways(head, tmp_path):
+    torch.manual_seed(0)
+    hf = getattr(transformers, "Bert" + head)(bert_config(**HEADS[head][1])).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    cls = architecture_class(tmp_path / "hf")
+    assert cls.__name__ == "Roberta" + head
+    ours = cls.from_pretrained(tmp_path / "hf")
+    assert ours.config.model_type == "bert" and ours.config.layer_norm_eps == 1e-12
+    inputs, mask, labels = batch_for(head)
+    agree(head, hf(**inputs, **labels), ours(**inputs, **labels), mask)
+    if head == "ForQuestionAnswering":  # the loss, on a batch without padding
+        full = {k: v[:1] for k, v in inputs.items()}
+        positions = {k: v[1:2] for k, v in labels.items()}
+        outputs_agree(hf(**full, **positions), ours(**full, **positions), full["attention_mask"])
+    # token types change the numbers: they are read, not dropped
+    if head == "Model":
+        zeros = {**inputs, "token_type_ids": torch.zeros_like(inputs["token_type_ids"])}
+        assert (ours(**zeros).pooler_output - ours(**inputs).pooler_output).abs().max() > 1e-4
+    ours.save_pretrained(tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert config["model_type"] == "bert" and config["architectures"] == ["Bert" + head]
+    assert set(read_weights(tmp_path / "ours")) == set(read_weights(tmp_path / "hf"))
+    auto = transformers.AutoModel if head == "Model" else getattr(transformers, "AutoModel" + head)
+    ref, info = auto.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert type(ref) is type(hf) and not info["missing_keys"] and not info["unexpected_keys"], info
+    inputs, mask, labels = batch_for(head, seed=2)
+    agree(head, ref.eval()(**inputs, **labels), ours(**inputs, **labels), mask)
+
+
+@torch.no_grad()
+def test_bert_positions_start_at_zero_and_fill_the_table(tmp_path):
+    """512 rows hold 512 tokens (RoBERTa's 514 hold 512); padding does not move the positions."""
+    config = RobertaConfig.from_dict({**bert_config().to_dict(), "max_position_embeddings": 16})
+    assert config.max_length == 16 and config.position_offset == 0
+    assert RobertaConfig.from_dict({"model_type": "bert"}).max_length == 512
+    model = RobertaModel(config).eval()
+    ids = torch.randint(5, VOCAB, (1, 16))
+    assert model(ids).last_hidden_state.shape == (1, 16, 36)
+    with pytest.raises(ValueError, match="position table holds 16"):
+        model(torch.randint(5, VOCAB, (1, 17)))
+
+
+def test_bert_config_defaults_are_berts():
+    """A config.json that says only model_type "bert" gets BertConfig's defaults, and keeps its
+    null bos/eos through a save."""
+    config = RobertaConfig.from_dict({"model_type": "bert"})
+    assert (config.layer_norm_eps, config.type_vocab_size, config.max_position_embeddings) == (1e-12, 2, 512)
+    assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (0, None, None)
+    d = config.to_dict()
+    assert d["model_type"] == "bert" and d["bos_token_id"] is None
+    hf = transformers.BertConfig(**d)
+    assert (hf.layer_norm_eps, hf.type_vocab_size, hf.pad_token_id) == (1e-12, 2, 0)
+    with pytest.raises(ValueError, match="'bos_token_id' is None"):
+        RobertaConfig.from_dict({"model_type": "roberta", "bos_token_id": None})
+
+
+@torch.no_grad()
+def test_old_gamma_beta_layer_norm_names_load(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    hf = transformers.BertForMaskedLM(bert_config()).eval()
+    hf.save_pretrained(tmp_path)
+    weights = read_weights(tmp_path)
+    old = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+           for k, v in weights.items()}  # fmt: skip
+    assert any(k.endswith("gamma") for k in old)
+    save_file(old, tmp_path / "model.safetensors")
+    ours = architecture_class(tmp_path).from_pretrained(tmp_path)
+    inputs, mask, _ = batch_for("ForMaskedLM")
+    a, b = hf(**inputs).logits, ours(**inputs).logits
+    assert (a - b)[mask.bool()].abs().max() < TOL
+
+
+# ---- the WordPiece tokenizer, against transformers' BertTokenizer ---------------------------------
+
+TEXTS = [
+    "The old man walked slowly to the [MASK].",
+    "Zwei junge Männer spielen Fußball auf der Straße.",
+    "Ça va? Größe, naïve café — ÉLAN",
+    "Привет, мир! Как дела?",
+    "日本語のテキストと中文字符",
+    "مرحبا بالعالم",
+    "combining: e\u0301te\u0301 and n\u0303, precomposed: été ñ",
+    "emoji: I ❤️ 🍕 and 👩‍👩‍👧!",
+    "[MASK] at the start, and[MASK]glued, [CLS] and [SEP] inside, two [MASK] [MASK]",
+    "  spaces   between\twords\nand lines  ",
+    "unbelievably antidisestablishmentarianism supercalifragilistic",
+    "",
+]
+PAIRS = [(TEXTS[0], TEXTS[1]), ("Wer spielt?", TEXTS[2] * 3), (TEXTS[3], TEXTS[7])]
+KEYS = ("input_ids", "token_type_ids", "attention_mask", "offset_mapping", "special_tokens_mask")
+
+
+@pytest.fixture(scope="module")
+def corpus(data_dir, tmp_path_factory):
+    """English and German Multi30k lines, WikiText-2 and a few non-Latin lines: what the
+    WordPiece vocabularies are trained on."""
+    lines = []
+    for name in ("train.en", "train.de"):
+        lines += (data_dir / "multi30k" / name).read_text(encoding="utf-8").splitlines()[:3000]
+    lines += (data_dir / "wikitext-2" / "wiki.valid.tokens").read_text(encoding="utf-8").splitlines()[:1500]
+    lines += TEXTS[3:8] * 3
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module", params=["uncased", "cased"])
+def bert_tokenizers(request, corpus, tmp_path_factory):
+    """(cased?, transformers' BertTokenizer from vocab.txt, ours from vocab.txt, ours from the
+    tokenizer.json transformers saved, the vocab.txt folder)."""
+    from tokenizers import BertWordPieceTokenizer
+
+    from roberta.tokenizer import Tokenizer
+
+    lower = request.param == "uncased"
+    trainer = BertWordPieceTokenizer(lowercase=lower, strip_accents=None)
+    trainer.train([str(corpus)], vocab_size=800, min_frequency=2, show_progress=False)
+    folder = tmp_path_factory.mktemp(f"bert-{request.param}")
+    trainer.save_model(str(folder))  # vocab.txt: [PAD] [UNK] [CLS] [SEP] [MASK] first
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lower}))
+    ref = transformers.BertTokenizer.from_pretrained(folder)
+    json_dir = tmp_path_factory.mktemp(f"bert-{request.param}-json")
+    ref.save_pretrained(json_dir)
+    assert (json_dir / "tokenizer.json").is_file() and not (json_dir / "vocab.txt").exists()
+    return lower, ref, Tokenizer.from_pretrained(folder), Tokenizer.from_pretrained(json_dir), folder
+
+
+def as_lists(encoding, key):
+    rows = encoding[key]
+    return [[tuple(x) for x in r] for r in rows] if key == "offset_mapping" else rows
+
+
+def assert_same(ours, ref, *args, **kw) -> None:
+    """ids, token types, masks, offsets (and the overflow mapping) of ours and transformers' agree."""
+    kw.update(return_offsets_mapping=True, return_special_tokens_mask=True)
+    a, b = ours(*args, **kw), ref(*args, **kw)
+    keys = KEYS + (("overflow_to_sample_mapping",) if kw.get("return_overflowing_tokens") else ())
+    for key in keys:
+        assert as_lists(a, key) == as_lists(b, key), (key, args, kw)
+
+
+def test_wordpiece_tokenizer_equals_transformers(bert_tokenizers):
+    lower, ref, from_vocab, from_json, _ = bert_tokenizers
+    for ours in (from_vocab, from_json):
+        assert ours.model_type == "bert" and ours.token_types and len(ours) == len(ref)
+        ids = [ours.cls_token_id, ours.pad_token_id, ours.sep_token_id, ours.unk_token_id, ours.mask_token_id]
+        assert ids == [
+            ref.cls_token_id,
+            ref.pad_token_id,
+            ref.sep_token_id,
+            ref.unk_token_id,
+            ref.mask_token_id,
+        ]
+        assert ours.mask_token == "[MASK]"
+        assert_same(ours, ref, TEXTS, padding=True)
+        assert_same(ours, ref, [p[0] for p in PAIRS], [p[1] for p in PAIRS], padding=True)
+        assert_same(ours, ref, TEXTS, truncation=True, max_length=7)
+        assert_same(ours, ref, [p[0] for p in PAIRS], [p[1] for p in PAIRS], truncation=True, max_length=12)
+        questions, contexts = ["Wer spielt?", "Что это?"], [TEXTS[1] + " " + TEXTS[2], TEXTS[3] + TEXTS[7]]
+        window = dict(truncation="only_second", max_length=16, stride=3, return_overflowing_tokens=True)
+        assert_same(ours, ref, questions, contexts, padding="max_length", **window)
+        words = [t.split() for t in TEXTS if t.strip()]
+        assert_same(ours, ref, words, is_split_into_words=True, padding=True)
+        assert ours(words, is_split_into_words=True).word_ids(1) == ref(
+            words, is_split_into_words=True
+        ).word_ids(1)
+        assert_same(ours, ref, words[:3], words[3:6], is_split_into_words=True, padding=True)
+        one = ours(TEXTS[0], TEXTS[1])
+        assert (
+            set(one) == {"input_ids", "token_type_ids", "attention_mask"} and one["token_type_ids"][-1] == 1
+        )
+        ids = ref(TEXTS)["input_ids"]
+        assert ours.batch_decode(ids, skip_special_tokens=True) == ref.batch_decode(
+            ids, skip_special_tokens=True
+        )
+    # the cased vocabulary keeps case and accents; the uncased one folds both
+    tokens = from_vocab.tokenize("Größe ÉLAN")
+    assert (tokens == [t.lower() for t in tokens]) == lower
+    assert any("é" in t or "ö" in t for t in tokens) != lower
+
+
+def test_tokenizer_config_settings_are_read(bert_tokenizers, tmp_path):
+    """do_lower_case, strip_accents and tokenize_chinese_chars as tokenizer_config.json says."""
+    from roberta.tokenizer import Tokenizer
+
+    _, _, _, _, folder = bert_tokenizers
+    (tmp_path / "vocab.txt").write_bytes((folder / "vocab.txt").read_bytes())
+    for settings in (
+        dict(do_lower_case=True, strip_accents=False),
+        dict(do_lower_case=False, strip_accents=True),
+        dict(do_lower_case=True, tokenize_chinese_chars=False),
+    ):
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+        ours, ref = Tokenizer.from_pretrained(tmp_path), transformers.BertTokenizer.from_pretrained(tmp_path)
+        assert_same(ours, ref, TEXTS, padding=True)
+
+
+def test_our_saved_bert_tokenizer_loads_in_transformers(bert_tokenizers, tmp_path):
+    from roberta.tokenizer import Tokenizer
+
+    lower, ref, ours, _, _ = bert_tokenizers
+    ours.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "BertTokenizer" and config["do_lower_case"] == lower
+    assert config["mask_token"] == "[MASK]" and "bos_token" not in config
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert type(again) is type(ref)
+    assert again(TEXTS, TEXTS[::-1])["input_ids"] == ref(TEXTS, TEXTS[::-1])["input_ids"]
+    assert again(TEXTS, TEXTS[::-1])["token_type_ids"] == ref(TEXTS, TEXTS[::-1])["token_type_ids"]
+    (tmp_path / "tokenizer.json").unlink()  # vocab.txt alone, as older BERT folders have it
+    assert_same(Tokenizer.from_pretrained(tmp_path), ref, TEXTS, padding=True)
+
+
+def test_roberta_tokenizer_returns_no_token_types(tiny_model_dir):
+    """RoBERTa's outputs are what RobertaTokenizerFast returns: no token_type_ids."""
+    from roberta.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(tiny_model_dir)
+    assert not tok.token_types and set(tok("a", "b")) == {"input_ids", "attention_mask"}
+    assert transformers.AutoTokenizer.from_pretrained(tiny_model_dir).model_input_names == [
+        "input_ids",
+        "attention_mask",
+    ]
+
+
+def test_bert_tokenizer_max_length_is_every_position(bert_tokenizers, tmp_path):
+    """A BERT folder whose config.json holds 24 positions takes 24 tokens (RoBERTa's: 24 - pad - 1)."""
+    from roberta.tokenizer import Tokenizer
+
+    _, _, _, _, folder = bert_tokenizers
+    (tmp_path / "vocab.txt").write_bytes((folder / "vocab.txt").read_bytes())
+    (tmp_path / "config.json").write_text(json.dumps(bert_config().to_dict()))
+    assert Tokenizer.from_pretrained(tmp_path).model_max_length == 24
+
+
+def test_bad_folders_are_one_clear_error(tmp_path):
+    from roberta.tokenizer import Tokenizer
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(
+        FileNotFoundError, match=r"found: config.json, notes.txt\); supported: .*vocab.txt \(BERT"
+    ):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
+    with pytest.raises(ValueError, match=r"lacks BERT's special tokens \['\[CLS\]', '\[SEP\]', '\[MASK\]'\]"):
+        Tokenizer.from_pretrained(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"'model_type' is 'funnel' \(str\); supported model types: roberta, .*bert"
+    ):
+        RobertaConfig.from_dict({"model_type": "funnel"})
