@@ -689,7 +689,8 @@ def task_route(spec: Task) -> Route:
     )
 
 
-EMBED_OPTIONS = {"pooling": "mean", "normalize": True}  # those of /embed's defaults: they share batches
+# the model's pooling (a sentence-transformers folder's, else mean), unit length: the cosine is a dot product
+EMBED_OPTIONS = {"pooling": None, "normalize": True}
 
 
 def texts_of(value: str | list[str]) -> list[str]:
@@ -823,7 +824,7 @@ def extra_routes() -> list[Route]:
             },
             {"embed"},
             similarity_call,
-            "cosine similarity of a source sentence with each sentence (mean-pooled embeddings)",
+            "cosine similarity of a source sentence with each sentence (the model's pooling)",
         ),
         Route(
             "/v1/embeddings",
@@ -837,7 +838,7 @@ def extra_routes() -> list[Route]:
             },
             {"embed"},
             openai_call,
-            "OpenAI-compatible embeddings (mean pooling, unit length)",
+            "OpenAI-compatible embeddings (the model's pooling, unit length)",
             truncates=False,
         ),
         Route(

@@ -439,8 +439,10 @@ def test_bad_input_is_a_clear_error(load):
         qa.answer("Who " * 40, "a context", max_length=100, doc_stride=60)
     with pytest.raises(ValueError, match="max_length must be in 8..512"):
         qa.answer("Who?", "a context", max_length=1000)
-    with pytest.raises(ValueError, match="pooling must be 'mean' or 'cls'"):
-        load(Embedder, "mlm").embed("x", pooling="max")
+    with pytest.raises(
+        ValueError, match="pooling must be one of mean, cls, max, mean_sqrt_len; got 'median'"
+    ):
+        load(Embedder, "mlm").embed("x", pooling="median")
 
 
 # ---- the CLI: parses, calls the API, prints a table or JSON lines ------------------------------
