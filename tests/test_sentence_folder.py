@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_bert import bert_config, bert_tokenizers, corpus  # noqa: F401 (fixtures)
 from test_families import TEXTS, family_config, sentencepiece_model  # noqa: F401 (a fixture)
 
-from roberta.config import FAMILIES
 from roberta.tasks import Embedder
 from roberta.tasks.embed import read_sentence_folder
 
@@ -190,29 +190,43 @@ def test_a_plain_checkpoint_keeps_mean_pooling_and_unit_vectors(xlmr_dir):
 
 
 @pytest.fixture(scope="module")
-def bert_dir(data_dir, tmp_path_factory) -> Path:
-    """A tiny random BertModel (MiniLM's shape, scaled down) and an uncased WordPiece tokenizer
-    trained on Multi30k, as transformers saves them."""
-    from tokenizers import BertWordPieceTokenizer
-
-    folder = tmp_path_factory.mktemp("bert")
-    lines = (data_dir / "multi30k" / "train.en").read_text(encoding="utf-8").splitlines()[:3000]
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(lines, vocab_size=600, show_progress=False)
-    trainer.save_model(str(folder))  # vocab.txt
-    tokenizer = transformers.BertTokenizer.from_pretrained(folder)
-    (folder / "vocab.txt").unlink()
-    tokenizer.save_pretrained(folder)  # tokenizer.json
-    sizes = dict(hidden_size=36, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+def bert_dir(bert_tokenizers, tmp_path_factory) -> Path:  # noqa: F811 (the fixture, by name)
+    """A tiny random BertModel (MiniLM's kind: a BERT) with a WordPiece vocab.txt trained in the
+    test, cased and uncased (tests/test_bert.py's), as transformers saves them."""
+    lower, ref, _, _, vocab_dir = bert_tokenizers
+    folder = tmp_path_factory.mktemp("bert-uncased" if lower else "bert-cased")
+    shutil.copytree(vocab_dir, folder, dirs_exist_ok=True)
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=len(tokenizer), max_position_embeddings=64, **sizes)
-    transformers.BertModel(config).save_pretrained(folder)
+    transformers.BertModel(bert_config(vocab_size=len(ref), max_position_embeddings=64)).save_pretrained(
+        folder
+    )
     return folder
 
 
-@pytest.mark.skipif("bert" not in FAMILIES, reason="the BERT family (model_type bert) is not supported yet")
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_a_bert_folder_equals_sentence_transformers(bert_dir, tmp_path, pooling):
     folder = save_st(bert_dir, tmp_path / "st", pooling, max_seq_length=16)
     texts = [*TEXTS, LONG]
     assert_close(ours(folder, texts), reference(folder, texts))
+
+
+def test_a_hub_id_fetches_what_the_folder_needs(xlmr_dir, tmp_path, monkeypatch):
+    """The files asked of the Hub for a name (fnmatch patterns, as huggingface_hub reads them) are
+    all that the older layout needs: the model in 0_Transformer/, the modules' settings."""
+    from fnmatch import fnmatch
+
+    from roberta import hub
+
+    repo = older_layout(save_st(xlmr_dir, tmp_path / "st"), tmp_path / "repo", "mean", 10, True)
+
+    def download(repo_id: str, patterns: list[str]) -> Path:
+        snapshot = tmp_path / "snapshot"
+        for path in repo.rglob("*"):
+            name = path.relative_to(repo).as_posix()
+            if path.is_file() and any(fnmatch(name, pattern) for pattern in patterns):
+                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, snapshot / name)
+        return snapshot
+
+    monkeypatch.setattr(hub, "_download", download)
+    assert_close(ours("someone/st-model", TEXTS), reference(repo, TEXTS))
