@@ -183,6 +183,16 @@ def test_what_cannot_be_reproduced_is_one_clear_error(xlmr_dir, tmp_path):
         read_sentence_folder(folder)
 
 
+def test_a_default_prompt_is_named_in_a_warning(xlmr_dir, tmp_path):
+    """sentence-transformers puts a folder's default prompt before each text; this does not."""
+    folder = save_st(xlmr_dir, tmp_path / "st")
+    extras = folder / "config_sentence_transformers.json"
+    config = json.loads(extras.read_text())
+    extras.write_text(json.dumps({**config, "prompts": {"query": "query: "}, "default_prompt_name": "query"}))
+    with pytest.warns(UserWarning, match="names a default prompt \\('query'\\) .* not added here"):
+        read_sentence_folder(folder)
+
+
 def test_a_plain_checkpoint_keeps_mean_pooling_and_unit_vectors(xlmr_dir):
     assert read_sentence_folder(xlmr_dir) is None
     embedder = Embedder.from_pretrained(xlmr_dir, device="cpu")
