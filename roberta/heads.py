@@ -306,7 +306,7 @@ class RobertaForMultipleChoice(TaskModel):
         B, N, T = input_ids.shape
         flat_mask = None if attention_mask is None else attention_mask.reshape(B * N, T)
         if encoder_kw.get("token_type_ids") is not None:
-            encoder_kw["token_type_ids"] = encoder_kw["token_type_ids"].reshape(B * N, T)
+            encoder_kw["token_type_ids"] = encoder_kw["token_type_ids"].reshape(-1, T)  # one row: all
         out = self.encode(input_ids.reshape(B * N, T), flat_mask, **encoder_kw)
         logits = self.classifier(self.dropout(out.pooler_output)).view(B, N)  # (B, num_choices)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)

@@ -334,8 +334,9 @@ def qa_case(predictor: Any, inputs: Any, target: str | None, token_index: int | 
             "shorter context (cut it to the passage that holds the answer)"
         )
     ids = enc["input_ids"][0]
+    types = _token_types(enc, predictor.device)  # BERT's: 1 on the context
     with torch.no_grad():
-        out = predictor.model(torch.tensor([ids], device=predictor.device))
+        out = predictor.model(torch.tensor([ids], device=predictor.device), **types)
     start, end = out.start_logits[0].float().cpu(), out.end_logits[0].float().cpu()
     in_context = torch.tensor([s == 1 for s in enc.encodings[0].sequence_ids])
     found = window_candidates(start, end, in_context, 1, 30)
@@ -355,7 +356,7 @@ def qa_case(predictor: Any, inputs: Any, target: str | None, token_index: int | 
     rows = {"span": [first, last], "start": [first], "end": [last]}
 
     def scores(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        o = model(ids)
+        o = model(ids, **types)
         s, e = o.start_logits[:, first].float(), o.end_logits[:, last].float()
         every = {"span": s + e, "start": s, "end": e}
         return torch.stack([every[names[i]] for i in order], dim=1)  # (S, K)
@@ -370,7 +371,16 @@ def qa_case(predictor: Any, inputs: Any, target: str | None, token_index: int | 
         [rows[n] for n in chosen],
         [notes[n] for n in chosen],
         scores,
+        lambda model, ids, **kw: model(ids, **types, **kw),
     )
+
+
+def _token_types(enc: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """{"token_type_ids": (1, T)} of a one-row encoding whose family has them (BERT), else {}: the
+    model adds the one row of types to every row of ids it is given."""
+    if "token_type_ids" not in enc:
+        return {}
+    return {"token_type_ids": torch.tensor(enc["token_type_ids"][:1], device=device)}
 
 
 def fill_mask_case(predictor: Any, inputs: Any, target: str | None, token_index: int | None) -> Case:
@@ -424,11 +434,12 @@ def multiple_choice_case(predictor: Any, inputs: Any, target: str | None, token_
         [context], [choices[k]], truncation=True, max_length=predictor.max_length,
         return_offsets_mapping=True, return_special_tokens_mask=True,
     )  # fmt: skip
+    types = {k: v[:, None] for k, v in _token_types(enc, predictor.device).items()}  # (1, 1, T)
     return Case(
         [context, choices[k]], enc, choices[result["label"]], result["score"], [names[k]], [[0]],
         [f"f = the logit of {names[k]} (the pair <s> context </s></s> choice {k} </s>)"],
-        lambda model, ids: model(ids[:, None]).logits[:, :1].float(),
-        lambda model, ids, **kw: model(ids[:, None], **kw),
+        lambda model, ids: model(ids[:, None], **types).logits[:, :1].float(),
+        lambda model, ids, **kw: model(ids[:, None], **types, **kw),
     )  # fmt: skip
 
 

@@ -212,20 +212,31 @@ class Predictor:
         return batch
 
     @torch.inference_mode()
-    def run(self, rows: Sequence[Sequence[int]], batch_size: int, fn: Callable[..., list]) -> list:
+    def run(
+        self,
+        rows: Sequence[Sequence[int]],
+        batch_size: int,
+        fn: Callable[..., list],
+        token_types: Sequence[Sequence[int]] | None = None,
+    ) -> list:
         """fn(input_ids (B, T), attention_mask (B, T)) -> one output per row, on batches of rows of
-        similar length; returns the outputs in the order of `rows`."""
+        similar length; returns the outputs in the order of `rows`.
+
+        token_types: each row's token_type_ids (the tokenizer's, for a family that has them: BERT),
+        then passed on as fn(..., token_type_ids=(B, T)), padded with 0. None: fn gets none."""
         out: list = [None] * len(rows)
         was_training = self.model.training  # e.g. evaluation during fine-tuning: put the mode back
         self.model.eval()
+        pad = {"input_ids": self.tokenizer.pad_token_id, "token_type_ids": 0}
         try:
             for idx in length_sorted_batches([len(r) for r in rows], batch_size, self.max_tokens):
-                batch = pad_batch(
-                    [{"input_ids": rows[i]} for i in idx],
-                    {"input_ids": self.tokenizer.pad_token_id},
-                    self.device,
-                )
-                for i, result in zip(idx, fn(batch["input_ids"], batch["attention_mask"])):
+                features = [{"input_ids": rows[i]} for i in idx]
+                if token_types is not None:
+                    for feature, i in zip(features, idx):
+                        feature["token_type_ids"] = token_types[i]
+                batch = pad_batch(features, pad, self.device)
+                ids, mask = batch.pop("input_ids"), batch.pop("attention_mask")
+                for i, result in zip(idx, fn(ids, mask, **batch)):
                     out[i] = result
         finally:
             self.model.train(was_training)

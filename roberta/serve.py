@@ -325,31 +325,32 @@ def cut_left(tokenizer, text: str, max_length: int) -> str:
 
 def token_vectors(predictor: Predictor, texts: list[str], batch_size: int) -> list:
     """Each text's last-layer vector per token (special tokens included): a list of T lists of C."""
-    rows = predictor.tokenizer(texts, truncation=True, max_length=predictor.max_length)["input_ids"]
+    enc = predictor.tokenizer(texts, truncation=True, max_length=predictor.max_length)
 
-    def vectors(ids: torch.Tensor, mask: torch.Tensor) -> list:
-        h = predictor.model(ids, mask).last_hidden_state.float()  # (B, T, C)
+    def vectors(ids: torch.Tensor, mask: torch.Tensor, **types) -> list:
+        h = predictor.model(ids, mask, **types).last_hidden_state.float()  # (B, T, C)
         return [h[i, :n].cpu().tolist() for i, n in enumerate(mask.sum(1).tolist())]
 
-    return predictor.run(rows, batch_size, vectors)
+    return predictor.run(enc["input_ids"], batch_size, vectors, enc.get("token_type_ids"))
 
 
 def pair_scores(predictor: Predictor, pairs: list, batch_size: int, raw_scores: bool = False) -> list[float]:
     """A sequence classifier as a cross-encoder: one relevance score per (query, text) pair, the
-    pair encoded as `<s> query </s></s> text </s>`. The score is the sigmoid of a one-output head,
-    or the last label's probability; raw_scores: that output's logit."""
+    pair encoded as `<s> query </s></s> text </s>` (BERT: `[CLS] query [SEP] text [SEP]`, token
+    types 0/1). The score is the sigmoid of a one-output head, or the last label's probability;
+    raw_scores: that output's logit."""
     queries, texts = [q for q, _ in pairs], [t for _, t in pairs]
-    rows = predictor.tokenizer(queries, texts, truncation=True, max_length=predictor.max_length)["input_ids"]
+    enc = predictor.tokenizer(queries, texts, truncation=True, max_length=predictor.max_length)
 
-    def scores(ids: torch.Tensor, mask: torch.Tensor) -> list:
-        logits = predictor.model(ids, mask).logits.float()  # (B, num_labels)
+    def scores(ids: torch.Tensor, mask: torch.Tensor, **types) -> list:
+        logits = predictor.model(ids, mask, **types).logits.float()  # (B, num_labels)
         if raw_scores:
             return logits[:, -1].cpu().tolist()
         if logits.shape[-1] == 1:
             return logits[:, 0].sigmoid().cpu().tolist()
         return logits.softmax(-1)[:, -1].cpu().tolist()
 
-    return predictor.run(rows, batch_size, scores)
+    return predictor.run(enc["input_ids"], batch_size, scores, enc.get("token_type_ids"))
 
 
 def simple_tokens(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[dict]]:

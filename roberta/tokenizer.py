@@ -547,6 +547,19 @@ class Tokenizer:
         rows = [list(ids) for ids in batch_ids]
         return self._backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
 
+    def token_text(self, token_id: int) -> str:
+        """The text a token stands for inside running text: with the space before it when it begins
+        a word (RoBERTa's `Ġcapital`, XLM-R's `▁capital`, BERT's `capital` -> " capital"), without
+        when it continues one (`ital`, BERT's `##ital` -> "ital"). What fill-mask writes at a mask."""
+        if self._byte_level:
+            return self.decode([token_id])
+        token = self._backend.id_to_token(token_id)
+        model = self._backend.model
+        if isinstance(model, models.WordPiece):
+            prefix = model.continuing_subword_prefix
+            return token[len(prefix) :] if token.startswith(prefix) else " " + token
+        return " " + token[1:] if token.startswith("▁") else token  # SentencePiece's Metaspace
+
     def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str]:
         """Token string(s) of an id or a list of ids (`31414` -> `"Hello"`)."""
         if isinstance(ids, int):

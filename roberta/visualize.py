@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from roberta.atomic import atomic_file
+from roberta.config import FAMILIES
 
 MAX_DISPLAY_TOKENS = 64
-SPECIAL_TOKENS = frozenset({"<s>", "</s>", "<pad>", "<unk>", "<mask>"})
+SPECIAL_TOKENS = frozenset(t for f in FAMILIES.values() for t in f.special_tokens)  # drawn in grey
 
 
 @dataclass
@@ -94,7 +95,10 @@ def model_attentions(
     batch = tokenizer(
         text, text_pair, truncation=True, max_length=model.config.max_length, return_tensors="pt"
     )
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True)
+    types = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}  # BERT's
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True, **types
+    )
     return out.attentions, token_labels(tokenizer, batch["input_ids"][0].tolist())
 
 

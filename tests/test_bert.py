@@ -349,3 +349,205 @@ def test_bad_folders_are_one_clear_error(tmp_path):
         ValueError, match=r"'model_type' is 'funnel' \(str\); supported model types: roberta, .*bert"
     ):
         RobertaConfig.from_dict({"model_type": "funnel"})
+
+
+# ---- every command on a BERT folder, token types end to end -----------------------------------------
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+TASK_CONFIG = {
+    "classify": dict(num_labels=2, id2label={0: "neg", 1: "pos"}),
+    "ner": dict(num_labels=3, id2label={0: "O", 1: "B-PER", 2: "I-PER"}),
+}
+TASK_INPUTS = {
+    "fill-mask": ["Paris is the [MASK] of France."],
+    "classify": ["a gripping film"],
+    "ner": ["Angela Merkel visited Paris."],
+    "qa": ["--question", "Who visited Paris?", "--context", "Angela Merkel visited Paris."],
+    "multiple-choice": ["--context", "The sky is", "--choice", "blue.", "--choice", "green."],
+    "embed": ["a text"],
+}
+# translate's model is an encoder-decoder warm-started from a RoBERTa masked LM: not a BERT command
+NOT_BERT = {"translate"}
+
+
+@pytest.fixture(scope="module")
+def bert_folders(corpus, tmp_path_factory):
+    """task -> a folder with a tiny random BERT checkpoint of that task's model (our classes, a
+    `model_type: bert` config) and an uncased WordPiece tokenizer (vocab.txt + tokenizer_config.json)."""
+    from tokenizers import BertWordPieceTokenizer
+
+    from roberta.tasks import TASKS
+
+    root = tmp_path_factory.mktemp("bert-tasks")
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train([str(corpus)], vocab_size=600, min_frequency=2, show_progress=False)
+    trainer.save_model(str(root))
+    (root / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 64}))
+    vocab = (root / "vocab.txt").read_text(encoding="utf-8").count("\n")
+    folders = {}
+    for name, task in TASKS.items():
+        if name in NOT_BERT:
+            continue
+        values = {"model_type": "bert", "vocab_size": vocab, "max_position_embeddings": 64, **TINY}
+        torch.manual_seed(0)
+        task.model_class(RobertaConfig.from_dict({**values, **TASK_CONFIG.get(name, {})})).save_pretrained(
+            root / name
+        )
+        for file in ("vocab.txt", "tokenizer_config.json"):
+            (root / name / file).write_bytes((root / file).read_bytes())
+        folders[name] = root / name
+    return folders
+
+
+def test_the_registry_reads_bert_folders(bert_folders):
+    from roberta.tasks import TASKS, task_of
+
+    assert set(bert_folders) == set(TASKS) - NOT_BERT == set(TASK_INPUTS)
+    for name, folder in bert_folders.items():
+        if TASKS[name].architectures:
+            assert task_of(folder) == name
+        assert json.loads((folder / "config.json").read_text())["architectures"][0].startswith("Bert")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+@pytest.mark.parametrize("name", list(TASK_INPUTS))
+def test_every_task_command_runs_on_a_bert_folder(name, dtype, bert_folders, capsys):
+    from roberta.cli import main
+    from roberta.tasks import TASKS
+
+    argv = [name, *TASK_INPUTS[name], "--model", str(bert_folders[name]), "--device", "cpu", "--json"]
+    assert main([*argv, "--dtype", dtype]) == 0, capsys.readouterr().err
+    (line,) = capsys.readouterr().out.splitlines()
+    result = json.loads(line)
+    if name == "fill-mask":  # the mask's word is written where [MASK] was, with the space before it
+        best = result["masks"][0][0]
+        assert best["sequence"].startswith("Paris is the") and "[MASK]" not in best["sequence"]
+    assert name in TASKS
+
+
+@torch.no_grad()
+def test_pair_predictors_pass_token_types_as_transformers(bert_folders):
+    """QA windows, multiple-choice scores, pair features and the server's cross-encoder scores
+    equal transformers' Bert models given BertTokenizer's token types (and differ without them)."""
+    from roberta.serve import pair_scores
+    from roberta.tasks import Classifier, MultipleChoice, QuestionAnswerer
+    from roberta.tasks.classify import TextExample, classification_features
+    from roberta.tasks.common import outputs
+
+    ref_tok = transformers.BertTokenizer.from_pretrained(bert_folders["qa"])
+    questions = ["who visited paris?", "what is blue?"]
+    contexts = ["angela merkel visited paris.", "the sky."]
+    qa = QuestionAnswerer.from_pretrained(bert_folders["qa"], device="cpu")
+    enc = qa.tokenizer(questions, contexts)
+    assert [max(t) for t in enc["token_type_ids"]] == [1, 1]
+    windows = qa.run(enc["input_ids"], 8, qa._span_logits, enc["token_type_ids"])
+    hf = transformers.BertForQuestionAnswering.from_pretrained(bert_folders["qa"]).eval()
+    for i, (start, end) in enumerate(windows):
+        ref = hf(**ref_tok(questions[i], contexts[i], return_tensors="pt"))
+        assert (ref.start_logits[0] - start).abs().max() < TOL and (ref.end_logits[0] - end).abs().max() < TOL
+    untyped = qa.run(enc["input_ids"], 8, qa._span_logits)
+    assert (untyped[0][0] - windows[0][0]).abs().max() > 1e-4
+
+    chooser = MultipleChoice.from_pretrained(bert_folders["multiple-choice"], device="cpu")
+    choices = ["blue.", "green.", "a very long choice of many words."]
+    got = chooser.choose("the sky is", choices)["scores"]
+    hf = transformers.BertForMultipleChoice.from_pretrained(bert_folders["multiple-choice"]).eval()
+    batch = ref_tok(["the sky is"] * 3, choices, padding=True, return_tensors="pt")
+    want = hf(**{k: v[None] for k, v in batch.items()}).logits[0].softmax(-1)
+    assert (torch.tensor(got) - want).abs().max() < TOL
+
+    classifier = Classifier.from_pretrained(bert_folders["classify"], device="cpu")
+    hf = transformers.BertForSequenceClassification.from_pretrained(bert_folders["classify"]).eval()
+    want = hf(**ref_tok(questions, contexts, padding=True, return_tensors="pt")).logits
+    examples = [TextExample(q, c, "pos", i) for i, (q, c) in enumerate(zip(questions, contexts))]
+    features = classification_features(classifier.tokenizer, examples, {"neg": 0, "pos": 1}, 64)
+    assert "token_type_ids" in features[0]
+    (out,) = outputs(classifier.model, features, 8, classifier.tokenizer.pad_token_id)
+    assert (out.logits - want).abs().max() < TOL
+    scores = pair_scores(classifier, list(zip(questions, contexts)), 8)
+    assert (torch.tensor(scores) - want.softmax(-1)[:, -1]).abs().max() < TOL
+
+
+def test_finetune_and_evaluate_a_bert_pair_classifier(bert_folders, tmp_path, capsys):
+    """`roberta finetune classify` with a text-pair column on a BERT folder: features carry token
+    types through the batch builder into training, evaluation reads them back, the run's folders
+    are BERT checkpoints that transformers loads."""
+    from roberta.cli import main
+
+    texts = ("a dog", "a cat", "the sky")
+    rows = ["text\tpair\tlabel"] + [f"{a}\t{b}\t{int(a == b)}" for a in texts for b in texts]
+    data = tmp_path / "pairs.tsv"
+    data.write_text("\n".join(rows * 3) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    argv = f"finetune classify --train {data} --dev {data} --model {bert_folders['fill-mask']} --out {out}".split()
+    argv += "--text-pair-column pair --epochs 1 --batch-size 8 --no-progress".split()
+    assert main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    evaluate = f"evaluate classify --model {out / 'last'} --data {data} --text-pair-column pair".split()
+    assert main([*evaluate, "--json"]) == 0, capsys.readouterr().err
+    assert set(json.loads(capsys.readouterr().out)) == {"accuracy", "macro_f1"}
+    config = json.loads((out / "last" / "config.json").read_text())
+    assert config["model_type"] == "bert" and config["architectures"] == ["BertForSequenceClassification"]
+    transformers.AutoModelForSequenceClassification.from_pretrained(out / "last")
+    types = transformers.AutoTokenizer.from_pretrained(out / "last")("a", "b")["token_type_ids"]
+    assert types == [0, 0, 0, 1, 1]
+
+
+def test_a_bert_folder_is_served_as_the_python_api(bert_folders):
+    import asyncio
+
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from roberta.serve import build_app
+    from roberta.tasks import QuestionAnswerer
+
+    predictor = QuestionAnswerer.from_pretrained(bert_folders["qa"], device="cpu")
+    body = {"question": ["Who visited Paris?"], "context": ["Angela Merkel visited Paris."]}
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=build_app(predictor, "qa", "bert-qa"))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/qa", json=body)
+
+    reply = asyncio.run(post())
+    assert reply.status_code == 200, reply.text
+    want = predictor.answer(body["question"], body["context"])
+    assert reply.json()["outputs"][0]["answer"] == want[0]["answer"]
+    assert reply.json()["outputs"][0]["score"] == pytest.approx(want[0]["score"], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["classify", "multiple-choice"])
+def test_a_bert_onnx_graph_takes_token_types(name, bert_folders, tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from roberta.export import export_checkpoint, max_difference, onnxruntime_difference
+
+    path, model, tokenizer = export_checkpoint(bert_folders[name], tmp_path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    texts = ["a gripping film", "dull", "the sky is blue"]
+    assert onnxruntime_difference(path, model, tokenizer, texts) < 1e-5
+    enc = tokenizer(texts[2:] * 2, ["blue.", "a long green choice"], padding=True, return_tensors="pt")
+    inputs = [enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]]
+    if name == "multiple-choice":
+        inputs = [x[None] for x in inputs]  # (1, choices, T)
+    assert max_difference(path, model, *inputs) < 1e-5
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "bert"
+
+
+def test_attention_of_a_bert_pair(bert_folders, tmp_path, capsys):
+    from roberta.cli import main
+    from roberta.visualize import SPECIAL_TOKENS
+
+    out = tmp_path / "attention.html"
+    argv = [
+        "attention",
+        "the sky is blue",
+        "--pair",
+        "what colour?",
+        "--model",
+        str(bert_folders["fill-mask"]),
+    ]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err  # fmt: skip
+    assert out.is_file() and "[CLS]" in out.read_text(encoding="utf-8")
+    assert {"[CLS]", "[SEP]"} <= SPECIAL_TOKENS

@@ -356,9 +356,11 @@ def test_only_the_loaded_task_is_served(checkpoints):
 def test_the_task_comes_from_the_checkpoint(checkpoints, tmp_path):
     assert {task: task_of(str(folder)) for task, folder in checkpoints.items()} == {t: t for t in checkpoints}
     assert task_of("roberta-small-books") == "fill-mask"  # the built-in model
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForPreTraining"]}))
-    with pytest.raises(ValueError, match="BertForPreTraining, which has no task here; pass --task"):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["ElectraForPreTraining"]}))
+    with pytest.raises(ValueError, match="ElectraForPreTraining, which has no task here; pass --task"):
         task_of(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForPreTraining"]}))
+    assert task_of(str(tmp_path)) == "fill-mask"  # BERT's pretraining checkpoint holds its masked LM
 
 
 # ---- limits, back-pressure, truncation ----------------------------------------------------------

@@ -48,6 +48,7 @@ from roberta.tasks.common import (
     run_finetuning,
     short,
     table_columns,
+    with_token_types,
 )
 from roberta.tokenizer import Tokenizer
 from roberta.train import TrainConfig, TrainResult, seed_everything
@@ -115,11 +116,13 @@ def read_table(
 def classification_features(
     tokenizer: Tokenizer, examples: Sequence[TextExample], label2id: dict[str, int], max_length: int
 ) -> list[Feature]:
-    """Tokenize each text (pair), truncated to max_length tokens: {"input_ids": [T ints], "labels": id}."""
+    """Tokenize each text (pair), truncated to max_length tokens: {"input_ids": [T ints], "labels": id}
+    (and "token_type_ids", 1 on the second text, for a family that has them: BERT)."""
     texts = [e.text for e in examples]
     pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-    return [{"input_ids": ids, "labels": label2id[e.label]} for ids, e in zip(enc["input_ids"], examples)]
+    features = [{"input_ids": ids, "labels": label2id[e.label]} for ids, e in zip(enc["input_ids"], examples)]
+    return with_token_types(features, enc)
 
 
 def classification_scores(
@@ -222,10 +225,11 @@ class Classifier(Predictor):
         texts, single = as_text_list(texts)
         batch = self.encode(texts)
 
-        def logits(ids: torch.Tensor, mask: torch.Tensor) -> list:
-            return list(self.model(ids, mask).logits.float().cpu())  # B x (num_labels,)
+        def logits(ids: torch.Tensor, mask: torch.Tensor, **types) -> list:
+            return list(self.model(ids, mask, **types).logits.float().cpu())  # B x (num_labels,)
 
-        results = [self._result(x) for x in self.run(batch["input_ids"], batch_size, logits)]
+        rows = self.run(batch["input_ids"], batch_size, logits, batch.get("token_type_ids"))
+        results = [self._result(x) for x in rows]
         return results[0] if single else results
 
     def _result(self, logits: torch.Tensor) -> dict:

@@ -322,6 +322,15 @@ def pad_values(pad_id: int) -> dict[str, int]:
     }
 
 
+def with_token_types(features: list[Feature], encoding: Any) -> list[Feature]:
+    """Each feature with its row's token_type_ids from `encoding` (a tokenizer's output) when the
+    tokenizer's family has them (BERT); the features as they are otherwise."""
+    if "token_type_ids" in encoding:
+        for feature, types in zip(features, encoding["token_type_ids"]):
+            feature["token_type_ids"] = types
+    return features
+
+
 def collate(features: Sequence[Feature], pad_id: int) -> Batch:
     """Features -> a padded batch (roberta/collate.py) with the fine-tuning pad values."""
     return pad_batch(features, pad_values(pad_id))
@@ -329,15 +338,16 @@ def collate(features: Sequence[Feature], pad_id: int) -> Batch:
 
 @torch.no_grad()
 def outputs(model: nn.Module, features: Sequence[Feature], batch_size: int, pad_id: int):
-    """Run the model over features in order, batch by batch (inputs only); yields each output."""
+    """Run the model over features in order, batch by batch (inputs only: input_ids, and
+    token_type_ids where the features have them); yields each output."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    inputs = ("input_ids", "token_type_ids")
     try:
         for i in range(0, len(features), batch_size):
-            rows = [{"input_ids": f["input_ids"]} for f in features[i : i + batch_size]]
-            batch = pad_batch(rows, {"input_ids": pad_id}, device)
-            yield model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            rows = [{k: f[k] for k in inputs if k in f} for f in features[i : i + batch_size]]
+            yield model(**pad_batch(rows, pad_values(pad_id), device))
     finally:
         model.train(was_training)
 

@@ -52,15 +52,15 @@ class FillMask(Predictor):
                 f"e.g. 'Paris is the {mask} of France.'"
             )
 
-        def top_tokens(ids: torch.Tensor, mask: torch.Tensor) -> list:
-            h = self.model.roberta(ids, mask).last_hidden_state  # (B, T, C)
+        def top_tokens(ids: torch.Tensor, mask: torch.Tensor, **types) -> list:
+            h = self.model.roberta(ids, mask, **types).last_hidden_state  # (B, T, C)
             at_mask = ids.eq(mask_id)  # (B, T)
             probs = self.model.lm_head(h[at_mask]).float().softmax(-1)  # (N masks, V): only where needed
             best = probs.topk(top_k, dim=-1)
             counts = at_mask.sum(1).tolist()
             return list(zip(best.values.cpu().split(counts), best.indices.cpu().split(counts)))
 
-        tops = self.run(batch["input_ids"], batch_size, top_tokens)
+        tops = self.run(batch["input_ids"], batch_size, top_tokens, batch.get("token_type_ids"))
         results = [self._fill(texts[i], batch, i, *tops[i]) for i in range(len(texts))]
         return results[0] if single else results
 
@@ -70,13 +70,15 @@ class FillMask(Predictor):
         spans = [span for t, span in zip(tokens, offsets) if t == self.tokenizer.mask_token_id]
         per_mask = []
         for (start, end), row_scores, row_ids in zip(spans, scores.tolist(), ids.tolist()):
-            while start > 0 and text[start - 1].isspace():  # <mask> takes the space before it (lstrip)
+            while start > 0 and text[start - 1].isspace():  # the token brings its own space, if any
                 start -= 1
             words = [self.tokenizer.decode([t]) for t in row_ids]  # " Paris": a space is part of a token
+            # " Paris" where a word begins, "ital" (BERT's "##ital") where it continues the one before
+            inserts = [self.tokenizer.token_text(t) for t in row_ids]
             per_mask.append(
                 [
-                    {"token": t, "token_str": w, "score": p, "sequence": text[:start] + w + text[end:]}
-                    for t, w, p in zip(row_ids, words, row_scores)
+                    {"token": t, "token_str": w, "score": p, "sequence": text[:start] + x + text[end:]}
+                    for t, w, x, p in zip(row_ids, words, inserts, row_scores)
                 ]
             )
         return per_mask[0] if len(per_mask) == 1 else per_mask

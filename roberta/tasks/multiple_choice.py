@@ -107,23 +107,29 @@ def choice_features(
     of the two trimmed first to max_length tokens), and labels, the right choice's index."""
     contexts = [e.context for e in examples for _ in e.choices]
     choices = [c for e in examples for c in e.choices]
-    rows = tokenizer(contexts, choices, truncation=True, max_length=max_length)["input_ids"]
+    enc = tokenizer(contexts, choices, truncation=True, max_length=max_length)
+    rows, types = enc["input_ids"], enc.get("token_type_ids")  # types: BERT's, 1 on the choice
     features, start = [], 0
     for e in examples:
         features.append({"input_ids": rows[start : start + len(e.choices)], "labels": e.label})
+        if types is not None:
+            features[-1]["token_type_ids"] = types[start : start + len(e.choices)]
         start += len(e.choices)
     return features
 
 
 def choice_batch(features: Sequence[Feature], pad_id: int) -> Batch:
-    """input_ids and attention_mask (B, num_choices, T), padded to the longest row; labels (B,)."""
+    """input_ids and attention_mask (and token_type_ids where the features have them) (B,
+    num_choices, T), padded to the longest row; labels (B,)."""
     counts = {len(f["input_ids"]) for f in features}
     if len(counts) != 1:
         raise ValueError(f"questions in one batch need the same number of choices, got {sorted(counts)}")
     N = counts.pop()
-    batch = pad_batch([{"input_ids": row} for f in features for row in f["input_ids"]], pad_values(pad_id))
+    keys = [k for k in ("input_ids", "token_type_ids") if k in features[0]]
+    rows = [{k: f[k][j] for k in keys} for f in features for j in range(N)]
+    batch = pad_batch(rows, pad_values(pad_id))
     B, T = len(features), batch["input_ids"].shape[1]
-    out = {k: batch[k].view(B, N, T) for k in ("input_ids", "attention_mask")}  # (B, N, T)
+    out = {k: batch[k].view(B, N, T) for k in ("attention_mask", *keys)}  # (B, N, T)
     if "labels" in features[0]:
         out["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)  # (B,)
     return out
@@ -141,7 +147,8 @@ def choice_scores(
     try:
         for i in range(0, len(features), batch_size):
             batch = choice_batch(features[i : i + batch_size], pad_id)
-            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).logits  # (B, N)
+            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            logits = model(**inputs).logits  # (B, N)
             predicted += logits.argmax(-1).tolist()
     finally:
         model.train(was_training)
@@ -233,12 +240,13 @@ class MultipleChoice(Predictor):
             [p[0] for p in pairs], [p[1] for p in pairs], truncation=True, max_length=self.max_length
         )
 
-        def pair_logits(ids: torch.Tensor, mask: torch.Tensor) -> list:
+        def pair_logits(ids: torch.Tensor, mask: torch.Tensor, **types) -> list:
+            types = {k: v[:, None] for k, v in types.items()}  # BERT's token types, 1 on the choice
             return (
-                self.model(ids[:, None], mask[:, None]).logits[:, 0].float().cpu().tolist()
+                self.model(ids[:, None], mask[:, None], **types).logits[:, 0].float().cpu().tolist()
             )  # (B,): one choice each
 
-        logits = self.run(enc["input_ids"], batch_size, pair_logits)
+        logits = self.run(enc["input_ids"], batch_size, pair_logits, enc.get("token_type_ids"))
         results, start = [], 0
         for options in per_context:
             probs = torch.tensor(logits[start : start + len(options)]).softmax(-1)

@@ -41,6 +41,7 @@ from roberta.tasks.common import (
     read_text,
     run_finetuning,
     short,
+    with_token_types,
 )
 from roberta.tokenizer import Tokenizer
 from roberta.train import TrainConfig, TrainResult, seed_everything
@@ -115,7 +116,7 @@ def ner_features(
             previous = word
         features.append({"input_ids": enc["input_ids"][i], "labels": labels})
         firsts.append(first)
-    return features, firsts
+    return with_token_types(features, enc), firsts
 
 
 def ner_scores(
@@ -256,10 +257,12 @@ class Tagger(Predictor):
         texts, single = as_text_list(texts)
         batch = self.encode(texts)
 
-        def probs(ids: torch.Tensor, mask: torch.Tensor) -> list:
-            return list(self.model(ids, mask).logits.float().softmax(-1).cpu())  # B x (T, num_labels)
+        def probs(ids: torch.Tensor, mask: torch.Tensor, **types) -> list:
+            return list(
+                self.model(ids, mask, **types).logits.float().softmax(-1).cpu()
+            )  # B x (T, num_labels)
 
-        per_row = self.run(batch["input_ids"], batch_size, probs)
+        per_row = self.run(batch["input_ids"], batch_size, probs, batch.get("token_type_ids"))
         names = label_names(self.model.config)
         results = []
         for i, (text, p) in enumerate(zip(texts, per_row)):

@@ -40,6 +40,7 @@ from roberta.tasks.common import (
     read_text,
     run_finetuning,
     short,
+    with_token_types,
 )
 from roberta.tasks.common import (
     Texts as BodyTexts,
@@ -173,7 +174,7 @@ def qa_features(
         start, end = answer_tokens(offsets, examples[i].answer_starts[0], examples[i].answers[0])
         features.append({"input_ids": ids, "start_positions": start, "end_positions": end})
         windows.append(QaWindow(i, offsets))
-    return features, windows
+    return with_token_types(features, enc), windows
 
 
 def qa_stride(max_length: int, stride: int | None) -> int:
@@ -335,7 +336,7 @@ class QuestionAnswerer(Predictor):
             return_overflowing_tokens=True,
             return_offsets_mapping=True,
         )  # a row per window: <s> question </s></s> part of the context </s>
-        windows = self.run(batch["input_ids"], batch_size, self._span_logits)
+        windows = self.run(batch["input_ids"], batch_size, self._span_logits, batch.get("token_type_ids"))
         rows_of: list[list[int]] = [[] for _ in questions]
         for w, q in enumerate(batch["overflow_to_sample_mapping"]):
             rows_of[q].append(w)
@@ -348,9 +349,10 @@ class QuestionAnswerer(Predictor):
             results.append(answers[0] if top_k == 1 else answers)
         return results[0] if single else results
 
-    def _span_logits(self, ids: torch.Tensor, mask: torch.Tensor) -> list:
-        """Per row: (start logits, end logits), each (T,) without the padding."""
-        out = self.model(ids, mask)
+    def _span_logits(self, ids: torch.Tensor, mask: torch.Tensor, **types) -> list:
+        """Per row: (start logits, end logits), each (T,) without the padding; `types`: the
+        token_type_ids of a family that has them (BERT: 1 on the context)."""
+        out = self.model(ids, mask, **types)
         starts, ends = out.start_logits.float().cpu(), out.end_logits.float().cpu()  # (B, T) each
         return [(s[:n], e[:n]) for s, e, n in zip(starts, ends, mask.sum(1).tolist())]
 
