@@ -22,6 +22,7 @@ TOKENIZER_FILES = [
     "vocab.bpe",
     "dict.txt",
     "sentencepiece.bpe.model",  # XLM-R, CamemBERT
+    "vocab.txt",  # BERT, MiniLM (WordPiece)
     "tokenizer_config.json",
     "special_tokens_map.json",
     "config.json",  # the model's family (model_type) and its longest input

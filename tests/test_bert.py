@@ -551,3 +551,30 @@ def test_attention_of_a_bert_pair(bert_folders, tmp_path, capsys):
     assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err  # fmt: skip
     assert out.is_file() and "[CLS]" in out.read_text(encoding="utf-8")
     assert {"[CLS]", "[SEP]"} <= SPECIAL_TOKENS
+
+
+def test_explain_prediction_reads_a_bert_pair_with_its_token_types(bert_folders):
+    """The score that qa's and multiple-choice's attributions explain is transformers' Bert logit
+    of the pair with BertTokenizer's token types."""
+    from roberta.interpret import explain
+    from roberta.tasks import MultipleChoice, QuestionAnswerer
+
+    ref_tok = transformers.BertTokenizer.from_pretrained(bert_folders["qa"])
+    question, context = "who visited paris?", "angela merkel visited paris."
+    qa = QuestionAnswerer.from_pretrained(bert_folders["qa"], device="cpu")
+    found = explain("qa", qa, (question, context), steps=8, views=False)
+    hf = transformers.BertForQuestionAnswering.from_pretrained(bert_folders["qa"]).eval()
+    with torch.no_grad():
+        ref = hf(**ref_tok(question, context, return_tensors="pt"))
+    first, last = found.rows
+    want = float(ref.start_logits[0, first] + ref.end_logits[0, last])
+    assert found.views[0].f_input == pytest.approx(want, abs=1e-4)
+
+    chooser = MultipleChoice.from_pretrained(bert_folders["multiple-choice"], device="cpu")
+    choices = ["blue.", "green."]
+    found = explain("multiple-choice", chooser, ("the sky is", choices), target="1", steps=8, views=False)
+    hf = transformers.BertForMultipleChoice.from_pretrained(bert_folders["multiple-choice"]).eval()
+    with torch.no_grad():
+        batch = ref_tok(["the sky is"], [choices[1]], return_tensors="pt")
+        want = float(hf(**{k: v[None] for k, v in batch.items()}).logits[0, 0])
+    assert found.views[0].f_input == pytest.approx(want, abs=1e-4)
