@@ -74,8 +74,6 @@ logger = logging.getLogger(__name__)
 DOCS_ASSETS_URL = "/docs-assets"  # where Swagger UI's and ReDoc's files are served
 DOCS_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 PUBLIC = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json", DOCS_ASSETS_URL)  # no API key
-# tasks whose answers point into the text sent (character offsets): cutting its start would shift them
-OFFSET_TASKS = {"ner"}
 
 # ---- settings and errors -----------------------------------------------------------------------
 
@@ -992,7 +990,7 @@ class Server:
                 "a request may send; split it",
             )
         if direction == "left" and (
-            call.truncation == "pair" or worker.task in OFFSET_TASKS and call.op == "task"
+            call.truncation == "pair" or get_task(worker.task).offsets_into_text and call.op == "task"
         ):
             what = (
                 "query-text pairs"
