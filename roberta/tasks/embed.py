@@ -240,12 +240,13 @@ class Embedder(Predictor):
         texts, single = as_text_list(texts)
         batch = self.encode(texts)
 
-        def vectors_of(ids: torch.Tensor, mask: torch.Tensor) -> list:
-            h = self.model(ids, mask).last_hidden_state.float()  # (B, T, C)
+        def vectors_of(ids: torch.Tensor, mask: torch.Tensor, **types) -> list:
+            h = self.model(ids, mask, **types).last_hidden_state.float()  # (B, T, C)
             v = pool(h, mask, pooling)  # (B, C)
             return list((F.normalize(v, dim=-1) if normalize else v).cpu())
 
-        vectors = torch.stack(self.run(batch["input_ids"], batch_size, vectors_of))  # (N, C)
+        rows = self.run(batch["input_ids"], batch_size, vectors_of, batch.get("token_type_ids"))
+        vectors = torch.stack(rows)  # (N, C)
         return vectors[0] if single else vectors
 
 
