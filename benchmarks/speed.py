@@ -1,8 +1,9 @@
-"""Speed, side by side: ours vs transformers (and onnxruntime / CTranslate2 when installed).
+"""Speed, side by side: ours vs transformers (and onnxruntime, OpenVINO, CTranslate2 when installed),
+and how close each comes to the machine's limit.
 
 One run measures every engine on the same random weights (a transformers model saved to a
 temporary folder, loaded by each engine) and the same inputs, and prints one table with the
-ratio ours / transformers-sdpa.
+ratio ours / transformers-sdpa, and each engine's share of the GEMM-bound limit.
 
 Workloads (fixed seeds; ids are random tokens between <s> ... </s>, right padding):
   A  inference, realistic: 512 sequences (--quick: 64) with token lengths drawn from
@@ -21,28 +22,41 @@ Workloads (fixed seeds; ids are random tokens between <s> ... </s>, right paddin
   ours `roberta.train.build_optimizer` (fused AdamW, decay except on biases and LayerNorm).
 Inference runs under torch.inference_mode; training in train mode with dropout as configured.
 
+The limit. The `limit-fp32` and `limit-int8` columns are not engines: they run only the layers'
+GEMMs (QKV, Wᴼ, FFN in and out, with our model's weights) on each batch's real tokens, in fp32
+through torch's default path and through our int8 kernel (roberta/quantize.py), taking their turn
+with the engines so that they see the same share of the CPU. Adding attention's FLOPs (QKᵀ and AV
+per sequence, about 1% of A's and 3% of B's) at the fp32 rate they measured gives the GEMM-bound
+limit of A and B, and the "% of the ... GEMM limit" rows each engine's share of it: 100% would be
+an engine that spends no time outside those GEMMs, at the rate torch's GEMM reaches here.
+
 How. Speed: all engines live in this process and take turns on each batch or step (the first
 engine rotates), so that all see the same share of a busy CPU; every engine warms up first.
 Memory: one fresh worker process per engine runs A's longest batch, B, two C steps on C's
 longest batch and two D steps, and reports its peaks: RSS on CPU (weights included, the transient of
 loading them excluded), max allocated on GPU. Accuracy: the largest difference of each engine's
 last hidden state from transformers-sdpa's on A's first batch, at real positions.
-On CPU the `ours-bf16` column is our model with bf16 weights (not under --quick: without
-AVX512_BF16/AMX the CPU emulates bf16 and it is slow), and `ours-int8` our opt-in int8 inference
-(roberta/quantize.py); neither is fp32, so their max |diff| row says what they cost. Two lines
-at the end compare, on one thread, one GEMM the size of roberta-base's FFN (1024 x 768 @ 768 x
-3072) through torch's default fp32 path, oneDNN with a prepacked weight and int8 (torch._int_mm),
-and roberta-base's FFN block in fp32, in our int8, and in the int8 of torch's quantize_dynamic
-and of torchao (each when present).
+On CPU `ours-int8` is our opt-in int8 inference (roberta/quantize.py) and `ctranslate2-int8`
+CTranslate2's compute_type="int8"; `ours-bf16` our model with bf16 weights, run only where the
+CPU has bf16 matmuls (AMX, AVX512_BF16: elsewhere bf16 is emulated and many times slower; the GEMM
+lines say how much) or when named in --engines. None of them is fp32, so their max |diff| row says
+what they cost. The header gives the CPU, its flags and torch's SIMD level; the lines at the end
+the GEMM rates (the limits', and each layer matmul's in fp32, bf16 and int8 at A's mean batch) and
+roberta-base's FFN block on one thread in fp32, in our int8, and in the int8 of torch's
+quantize_dynamic and of torchao (each when present).
 
     python benchmarks/speed.py --quick                    # < 5 minutes on 2 idle cores
+    python benchmarks/speed.py --quick --workloads AB --no-memory --engines ours,ctranslate2,limit-fp32
     python benchmarks/speed.py --config base --json out.json
     python benchmarks/speed.py --device cuda --dtype bf16 # bf16 autocast on GPU
 
-A shared CPU makes absolute numbers low and noisy; the load average during the run is printed.
-The "per CPU-second" rows divide by this process's CPU time instead of wall time: with
---threads 1 that is the work each engine needed, whatever share of the machine it got (with more
-threads it also counts threads spinning at barriers).
+Optional engines (pip install -c constraints.txt ..., or the `bench` extra): onnxruntime, openvino
+(transformers' model converted by openvino.convert_model in the run), ctranslate2 (its converter).
+
+A shared CPU makes absolute numbers low and noisy; the load average at the start and during the
+run is printed, flagged "busy" above half the cores. The "per CPU-second" rows divide by this
+process's CPU time instead of wall time: with --threads 1 that is the work each engine needed,
+whatever share of the machine it got (with more threads it also counts threads spinning at barriers).
 """
 
 from __future__ import annotations
@@ -51,6 +65,7 @@ import argparse
 import gc
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -61,6 +76,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -140,8 +156,11 @@ def load_torch(engine: str, kind: str, folder: Path, device: str, num_labels: in
             "mlm": RobertaForMaskedLM,
         }
         extra = {"num_labels": num_labels} if kind == "classifier" else {}
+        from roberta.quantize import set_dtype
+
         dtype = {"ours-bf16": torch.bfloat16, "ours-int8": torch.int8}.get(engine)
-        return cls[kind].from_pretrained(folder, dtype=dtype, device=device, **extra)
+        model = cls[kind].from_pretrained(folder, device=device, **extra)
+        return set_dtype(model, dtype) if dtype else model
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -157,11 +176,16 @@ def load_torch(engine: str, kind: str, folder: Path, device: str, num_labels: in
 
 
 def encode_fn(engine: str, folder: Path, device: str):
-    """A function (ids, mask) -> last hidden state (B, T, C) float32 on CPU, for inference."""
+    """A function (ids, mask) -> last hidden state (B, T, C) float32 on CPU, for inference
+    (for the limit-* engines: the GEMMs alone, nothing returned)."""
     if engine == "onnxruntime":
         return onnxruntime_fn(folder)
-    if engine == "ctranslate2":
-        return ctranslate2_fn(folder, device)
+    if engine == "openvino":
+        return openvino_fn(folder)
+    if engine.startswith("ctranslate2"):
+        return ctranslate2_fn(folder, device, "int8" if engine.endswith("int8") else "float32")
+    if engine in LIMITS:
+        return limit_fn(engine, folder)
     model = load_torch(engine, "encoder", folder, device)
     is_ours = engine.startswith("ours")
 
@@ -203,6 +227,18 @@ def training_optimizer(engine: str, model: torch.nn.Module) -> torch.optim.Optim
     )
 
 
+class LastHidden(torch.nn.Module):
+    """transformers' RobertaModel with positional (ids, mask) in and one tensor out: what graph
+    exporters want."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
 def onnxruntime_fn(folder: Path):
     """transformers' RobertaModel exported to ONNX, optimised by onnxruntime's BERT fusions."""
     import onnxruntime as ort
@@ -210,18 +246,9 @@ def onnxruntime_fn(folder: Path):
     from onnxruntime.transformers.optimizer import optimize_model
 
     model = transformers.RobertaModel.from_pretrained(folder, attn_implementation="eager").eval()
-
-    class LastHidden(torch.nn.Module):  # positional (ids, mask) in, one tensor out: what export wants
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
     path, axes = folder / "model.onnx", {0: "batch", 1: "length"}
     torch.onnx.export(
-        LastHidden().eval(), padded([12, 7], model.config.vocab_size, 0), str(path),
+        LastHidden(model).eval(), padded([12, 7], model.config.vocab_size, 0), str(path),
         input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
         dynamic_axes={"input_ids": axes, "attention_mask": axes}, dynamo=False,
     )  # fmt: skip
@@ -238,8 +265,32 @@ def onnxruntime_fn(folder: Path):
     return run
 
 
-def ctranslate2_fn(folder: Path, device: str):
-    """transformers' checkpoint converted to CTranslate2, fp32; it skips padding itself."""
+def openvino_fn(folder: Path):
+    """transformers' RobertaModel converted by openvino.convert_model (traced from torch), fp32
+    inference precision, dynamic batch and length, on the CPU plugin with the same threads."""
+    import openvino as ov
+    import transformers
+
+    model = transformers.RobertaModel.from_pretrained(folder, attn_implementation="eager").eval()
+    example = padded([12, 7], model.config.vocab_size, 0)
+    shape = [(ov.PartialShape([-1, -1]), ov.Type.i64)] * 2
+    with torch.no_grad():
+        graph = ov.convert_model(LastHidden(model), example_input=example, input=shape)
+    config = {
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    compiled = ov.Core().compile_model(graph, "CPU", config)
+
+    def run(ids, mask):
+        return torch.from_numpy(compiled([ids.numpy(), mask.numpy()])[0])
+
+    return run
+
+
+def ctranslate2_fn(folder: Path, device: str, compute_type: str = "float32"):
+    """transformers' checkpoint converted to CTranslate2 (fp32 or int8 compute); it skips padding itself."""
     import ctranslate2
 
     out = folder / "ct2"
@@ -252,7 +303,7 @@ def ctranslate2_fn(folder: Path, device: str):
         (folder / "config.json").write_text(json.dumps(config))
         ctranslate2.converters.TransformersConverter(str(folder)).convert(str(out))
     threads = torch.get_num_threads()  # the same threads as the torch engines
-    encoder = ctranslate2.Encoder(str(out), device=device, compute_type="float32", intra_threads=threads)
+    encoder = ctranslate2.Encoder(str(out), device=device, compute_type=compute_type, intra_threads=threads)
 
     def run(ids, mask):
         seqs = [row[: int(m.sum())].tolist() for row, m in zip(ids, mask)]
@@ -268,6 +319,125 @@ def write_placeholder_vocabulary(folder: Path, vocab_size: int) -> None:
     vocab = {**{f"t{i}": i for i in range(4, vocab_size - 1)}, **special}
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
+# ---- the limit: the model's own GEMMs alone, timed as if an engine ------------------------------
+
+LIMITS = ("limit-fp32", "limit-int8")
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def projections(config: RobertaConfig) -> list[tuple[str, int, int]]:
+    """(name, in, out) of each matmul a Transformer layer does on every token."""
+    C, F_ = config.hidden_size, config.intermediate_size
+    return [("QKV", C, 3 * C), ("Wo", C, C), ("FFN in", C, F_), ("FFN out", F_, C)]
+
+
+def encoder_flops(config: RobertaConfig, lengths: list[int]) -> tuple[float, float]:
+    """(projection and FFN FLOPs, attention FLOPs) of the encoder on sequences of these real
+    lengths, 2 per multiply-add: the first per token, QKᵀ and AV per pair of a sequence's tokens."""
+    L, C = config.num_hidden_layers, config.hidden_size
+    gemm = 2 * L * sum(i * o for _, i, o in projections(config)) * sum(lengths)
+    return gemm, 4 * L * C * sum(n * n for n in lengths)
+
+
+def limit_fn(engine: str, folder: Path):
+    """(ids, mask) -> None: only the batch's GEMMs, on its real tokens: every layer's QKV, Wᴼ and FFN
+    matmuls with our model's weights, in fp32 (torch's default path) or through our int8 kernel
+    (`Int8Linear.matmul`, the channel scale included), on random inputs; no bias, activation,
+    normalisation, attention or copy. Its time is the floor the engines' time is compared with."""
+    model = load_torch("ours" if engine == "limit-fp32" else "ours-int8", "encoder", folder, "cpu")
+    config, rows = model.config, 32 * model.config.max_length  # A's batches hold at most 32 sequences
+    linears = [(x.attn.qkv, x.attn.out, x.ffn.fc1, x.ffn.fc2) for x in model.encoder.layers]
+    C, F_ = config.hidden_size, config.intermediate_size
+    if engine == "limit-fp32":
+        x, h = torch.randn(rows, C), torch.randn(rows, F_)
+        matmul = lambda linear, src: F.linear(src, linear.weight)  # noqa: E731
+    else:
+        x, h = (torch.randint(-127, 128, (rows, k), dtype=torch.int8) for k in (C, F_))
+        matmul = lambda linear, src: linear.matmul(src)  # noqa: E731
+
+    def run(ids, mask):
+        n = int(mask.sum())
+        for qkv, out, fc1, fc2 in linears:
+            for linear, src in ((qkv, x), (out, x), (fc1, x), (fc2, h)):
+                matmul(linear, src[:n])
+
+    return run
+
+
+def add_limits(res: dict[str, dict], config: RobertaConfig, lengths: dict[str, list[int]]) -> None:
+    """Turn the limit-* engines' GEMM times into the GEMM-bound limit of A and B, in place: their time
+    plus attention's FLOPs at the fp32 GEMM rate they measured; each engine's share of that limit
+    ("pct_fp32_*"; int8 engines also "pct_int8_*"), and the GEMM rates."""
+    for w, n in lengths.items():
+        gemm, attention = encoder_flops(config, n)
+        key = "A" if w == "A" else "B"
+        if "limit-fp32" not in res or key not in res["limit-fp32"]:
+            continue
+        fp32_s = sum(n) / res["limit-fp32"][key] if w == "A" else res["limit-fp32"][key] / 1e3
+        rate = gemm / fp32_s
+        for limit in [e for e in LIMITS if key in res.get(e, {})]:
+            gemm_s = sum(n) / res[limit][key] if w == "A" else res[limit][key] / 1e3
+            res[limit][f"gemm_rate_{key}"] = gemm / gemm_s
+            total = gemm_s + attention / rate
+            res[limit][key] = sum(n) / total if w == "A" else 1e3 * total
+            res[limit].pop(f"{key}_cpu", None)
+            for e in res:
+                if e not in LIMITS and key in res[e] and (limit == "limit-fp32" or "int8" in e):
+                    ratio = res[e][key] / res[limit][key] if w == "A" else res[limit][key] / res[e][key]
+                    res[e][f"pct_{limit[6:]}_{key}"] = ratio
+
+
+def machine() -> dict:
+    """The CPU this run measures: its name, which of CPU_FLAGS it has, torch's SIMD level, our
+    int8 kernel there (roberta/quantize.py), and the load average at the start."""
+    from roberta.quantize import cpu_features, int8_kernel
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(x.split(":", 1)[1].strip() for x in lines if x.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or "unknown"
+    return {
+        "cpu": name, "cpu_count": os.cpu_count(), "flags": {f: f in cpu_features() for f in CPU_FLAGS},
+        "torch_capability": torch.backends.cpu.get_cpu_capability(), "int8_kernel": int8_kernel(),
+        "load_average_at_start": list(os.getloadavg()),
+    }  # fmt: skip
+
+
+def gemm_rates(config: RobertaConfig, rows: int, reps: int = 3) -> dict[str, dict[str, float]]:
+    """GFLOP/s (int8: GOP/s) of each layer matmul (`projections`) on `rows` tokens with this run's
+    threads: fp32 (torch default), bf16 (torch default) and int8 (our kernel); best wall time of
+    `reps` (bf16: of 1 where it is 5x slower than fp32: it is then only a measure of how much), the
+    dtypes taking turns."""
+    from roberta.quantize import Int8Linear
+
+    out: dict[str, dict[str, float]] = {}
+    with torch.inference_mode():
+        for name, k, n in projections(config):
+            lin = torch.nn.Linear(k, n)
+            x, q = torch.randn(rows, k), Int8Linear.from_linear(lin)
+            xb, wb, x8 = (
+                x.bfloat16(),
+                lin.weight.detach().bfloat16(),
+                torch.randint(-127, 128, (rows, k), dtype=torch.int8),
+            )
+            paths = {
+                "fp32": lambda x=x, lin=lin: F.linear(x, lin.weight),
+                "bf16": lambda xb=xb, wb=wb: F.linear(xb, wb),
+                "int8": lambda q=q, x8=x8: q.matmul(x8),
+            }  # fmt: skip
+            best = dict.fromkeys(paths, float("inf"))
+            for r in range(reps + 1):  # the first turn warms up
+                for dtype, fn in paths.items():
+                    if dtype == "bf16" and r > 1 and best["bf16"] > 5 * best["fp32"]:
+                        continue
+                    start = time.perf_counter()
+                    fn()
+                    best[dtype] = min(best[dtype], time.perf_counter() - start) if r else best[dtype]
+            out[f"{name} {rows}x{k} @ {k}x{n}"] = {d: 2 * rows * k * n / t / 1e9 for d, t in best.items()}
+    return out
 
 
 # ---- timing
@@ -312,9 +482,11 @@ def rates(name: str, amount: float, seconds: np.ndarray) -> dict[str, float]:
 
 
 def measure_inference(engines: list[str], args, config: RobertaConfig, folder: Path) -> dict[str, dict]:
-    """A and B for every engine, and each one's largest difference from transformers-sdpa."""
-    a = batches(lengths_a(config, args.quick), 32, config.vocab_size)
-    b = padded([128] * 8, config.vocab_size, seed=99)
+    """A and B (those of --workloads) for every engine, each one's largest difference from
+    transformers-sdpa, and the GEMM-bound limits (`add_limits`)."""
+    lengths = {"A": lengths_a(config, args.quick), "B": [128] * 8}
+    a = batches(lengths["A"], 32, config.vocab_size)
+    b = padded(lengths["B"], config.vocab_size, seed=99)
     fns = {}
     for e in engines:
         try:
@@ -323,19 +495,23 @@ def measure_inference(engines: list[str], args, config: RobertaConfig, folder: P
             print(f"  {e} left out: {type(err).__name__}: {err}", file=sys.stderr)
     res = {e: {} for e in fns}
     with torch.inference_mode(), autocast(args):
-        first = {e: fn(*a[0]).float().cpu() for e, fn in fns.items()}  # warm-up, and accuracy
+        first = {e: fn(*a[0]) for e, fn in fns.items()}  # warm-up, and accuracy
+        first = {e: out.float().cpu() for e, out in first.items() if out is not None}
         for fn in fns.values():
             fn(*b)
-        times = interleave(
-            {e: lambda i, fn=fn: fn(*a[i]) for e, fn in fns.items()}, range(len(a)), args.device
-        )
-        real = sum(int(m.sum()) for _, m in a)
-        for e, t in times.items():
-            res[e].update(rates("A", real, sum(t)))
-        reps = range(3 if args.quick else 10)
-        times = interleave({e: lambda i, fn=fn: fn(*b) for e, fn in fns.items()}, reps, args.device)
-        for e, t in times.items():
-            res[e]["B"], res[e]["B_cpu"] = 1e3 * np.median(t, axis=0)
+        if "A" in args.workloads:
+            times = interleave(
+                {e: lambda i, fn=fn: fn(*a[i]) for e, fn in fns.items()}, range(len(a)), args.device
+            )
+            real = sum(int(m.sum()) for _, m in a)
+            for e, t in times.items():
+                res[e].update(rates("A", real, sum(t)))
+        if "B" in args.workloads:
+            reps = range(3 if args.quick else 10)
+            times = interleave({e: lambda i, fn=fn: fn(*b) for e, fn in fns.items()}, reps, args.device)
+            for e, t in times.items():
+                res[e]["B"], res[e]["B_cpu"] = 1e3 * np.median(t, axis=0)
+    add_limits(res, config, lengths)
     real_a = a[0][1].bool()
     if REFERENCE in first:
         for e, out in first.items():
@@ -344,9 +520,10 @@ def measure_inference(engines: list[str], args, config: RobertaConfig, folder: P
 
 
 def trained_here(args) -> tuple[str, ...]:
-    """The engines C and D measure: all trainable ones; under --quick only ours and
+    """The engines C and D measure: all trainable ones (of --engines); under --quick only ours and
     transformers-sdpa, which are also the only ones whose memory --quick measures."""
-    return ("ours", REFERENCE) if args.quick else TRAINABLE
+    names = ("ours", REFERENCE) if args.quick else TRAINABLE
+    return tuple(e for e in names if not args.engines or e in args.engines)
 
 
 def measure_training(name: str, kind: str, data: list[dict], amount: float, args, folder: Path) -> dict:
@@ -362,17 +539,19 @@ def measure_speed(engines: list[str], args, config: RobertaConfig, folder: Path)
     results = measure_inference(engines, args, config, folder)
     gc.collect()
     c, d = c_data(config, args.quick), d_data(config, args.quick)
-    real_c = sum(int(x["attention_mask"].sum()) for x in c[1:])
-    tokens_d = sum(x["input_ids"].numel() for x in d[1:])
-    for e, r in measure_training("C", "classifier", c, real_c, args, folder).items():
-        results[e].update(r)
-    gc.collect()
-    masked_d = sum(int(x["labels"].ne(-100).sum()) for x in d[1:])
-    for e, r in measure_training("D", "mlm", d, tokens_d, args, folder).items():
-        results[e].update(r)
-        if args.device.startswith("cuda"):  # model FLOPs per token x tokens/s, over the peak
-            flops_per_token = model_flops(config, tokens_d, masked_d) / tokens_d
-            results[e]["mfu_D"] = flops_per_token * r["D"] / H200_BF16_PEAK
+    if "C" in args.workloads:
+        real_c = sum(int(x["attention_mask"].sum()) for x in c[1:])
+        for e, r in measure_training("C", "classifier", c, real_c, args, folder).items():
+            results.setdefault(e, {}).update(r)
+        gc.collect()
+    if "D" in args.workloads:
+        tokens_d = sum(x["input_ids"].numel() for x in d[1:])
+        masked_d = sum(int(x["labels"].ne(-100).sum()) for x in d[1:])
+        for e, r in measure_training("D", "mlm", d, tokens_d, args, folder).items():
+            results.setdefault(e, {}).update(r)
+            if args.device.startswith("cuda"):  # model FLOPs per token x tokens/s, over the peak
+                flops_per_token = model_flops(config, tokens_d, masked_d) / tokens_d
+                results[e]["mfu_D"] = flops_per_token * r["D"] / H200_BF16_PEAK
     if args.device.startswith("cuda"):  # CPU time says nothing about GPU work
         results = {e: {k: v for k, v in r.items() if not k.endswith("_cpu")} for e, r in results.items()}
     return results
@@ -471,36 +650,30 @@ def save_reference(config: RobertaConfig, folder: Path) -> Path:
     return folder
 
 
-def engines_here(args) -> list[str]:
-    """Always ours and transformers; the others when they make sense here and are installed."""
+def engines_here(args, features: frozenset[str]) -> list[str]:
+    """--engines if given; else ours and transformers always, the others when they make sense here
+    and are installed; then the limits (CPU, fp32). ours-bf16 only where the CPU has bf16 matmuls
+    (AMX, AVX512_BF16): elsewhere bf16 is emulated, many times slower (the GEMM lines say how much)."""
     import importlib.util
 
+    from roberta.quantize import BF16_FLAGS
+
+    cpu = args.device == "cpu"
+    if args.engines:
+        return [e for e in args.engines if cpu or e not in LIMITS]
     names = list(TRAINABLE)
-    if args.device == "cpu" and args.dtype == "fp32":
-        names += ["ours-int8"] if args.quick else ["ours-bf16", "ours-int8"]  # bf16 is slow where emulated
-    if args.device == "cpu" and importlib.util.find_spec("onnxruntime"):
+    if cpu and args.dtype == "fp32":
+        native_bf16 = bool(features & set(BF16_FLAGS))
+        names += ["ours-int8"] if args.quick or not native_bf16 else ["ours-bf16", "ours-int8"]
+    if cpu and importlib.util.find_spec("onnxruntime"):
         names.append("onnxruntime")
+    if cpu and importlib.util.find_spec("openvino"):
+        names.append("openvino")
     if importlib.util.find_spec("ctranslate2"):
-        names.append("ctranslate2")
+        names += ["ctranslate2", "ctranslate2-int8"] if cpu else ["ctranslate2"]
+    if cpu and args.dtype == "fp32":
+        names += LIMITS
     return names
-
-
-def gemm_gflops() -> dict[str, float]:
-    """One GEMM the size of roberta-base's FFN (1024 x 768 @ 768 x 3072) on one thread: fp32
-    through torch's default path (MKL here) and oneDNN with a prepacked weight, and int8
-    (torch._int_mm, int32 sums: GOP/s); best of 10, thread CPU time (robust to a shared CPU)."""
-    x, lin = torch.randn(1024, 768), torch.nn.Linear(768, 3072)
-    packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight, 1024)
-    x8, w8 = (
-        torch.randint(-127, 128, (1024, 768), dtype=torch.int8),
-        torch.randint(-127, 128, (3072, 768), dtype=torch.int8),
-    )
-    paths = {
-        "fp32 torch default": lambda: torch.nn.functional.linear(x, lin.weight, lin.bias),
-        "fp32 oneDNN prepacked": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, lin.bias, "none", [], ""),
-        "int8 torch._int_mm": lambda: torch._int_mm(x8, w8.t()),
-    }  # fmt: skip
-    return {name: 2 * 1024 * 768 * 3072 / t / 1e9 for name, t in best_thread_times(paths).items()}
 
 
 def int8_ffn_ms() -> dict[str, float]:
@@ -556,7 +729,11 @@ def best_thread_times(paths: dict[str, Callable[[], object]], reps: int = 10) ->
 
 ROWS = [  # key, label, how the ratio column reads it
     ("A", "A inference, real tokens/s", "faster"),
+    ("pct_fp32_A", "A % of the fp32 GEMM limit", None),
+    ("pct_int8_A", "A % of the int8 GEMM limit", None),
     ("B", "B 8x128 batch, ms", "shorter"),
+    ("pct_fp32_B", "B % of the fp32 GEMM limit", None),
+    ("pct_int8_B", "B % of the int8 GEMM limit", None),
     ("C", "C fine-tune step, real tokens/s", "faster"),
     ("D", "D MLM step, tokens/s", "faster"),
     ("mfu_D", "D model-FLOPs utilisation", None),
@@ -575,12 +752,15 @@ def table(results: dict) -> str:
     """Rows: ROWS; columns: engines, then ours vs transformers-sdpa: the speed-up for speed rows
     (> 1: ours is faster), ours' share of sdpa's peak for memory rows (< 1: ours needs less)."""
     engines = list(results)
-    lines = [f"{'':34}" + "".join(f"{e:>20}" for e in engines) + f"{'ours vs sdpa':>14}"]
+    width = {e: max(10, len(e) + 2) for e in engines}
+    lines = [f"{'':34}" + "".join(f"{e:>{width[e]}}" for e in engines) + f"{'ours vs sdpa':>14}"]
     for key, label, kind in ROWS:
         vals = [results[e].get(key) for e in engines]
         if all(v is None for v in vals):
             continue
-        cells = "".join(f"{'-' if v is None else format_value(key, v):>20}" for v in vals)
+        cells = "".join(
+            f"{'-' if v is None else format_value(key, v):>{width[e]}}" for e, v in zip(engines, vals)
+        )
         ours, ref = results.get("ours", {}).get(key), results.get(REFERENCE, {}).get(key)
         ratio = ""
         if ours and ref and kind:
@@ -592,9 +772,63 @@ def table(results: dict) -> str:
 def format_value(key: str, v: float) -> str:
     if key == "max_abs_diff":
         return f"{v:.1e}"
-    if key == "mfu_D":
+    if key == "mfu_D" or key.startswith("pct_"):
         return f"{100 * v:.1f}%"
     return f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
+
+
+def header(report: dict) -> list[str]:
+    """The run's first lines: what was measured, on which CPU, at what load."""
+    m, load = report.get("machine"), report["load_average_at_start"]
+    lines = [
+        f"{report['config']}, {report['device']}, {report['dtype']}, {report['threads']} threads, "
+        f"quick={report['quick']}, workloads {report['workloads']}, torch {report['torch']}"
+    ]
+    if m:
+        flags = " ".join(f if has else f"no-{f}" for f, has in m["flags"].items())
+        lines.append(f"CPU: {m['cpu']}, {m['cpu_count']} logical CPUs; flags: {flags}")
+        lines.append(f"torch CPU capability {m['torch_capability']}; our int8 kernel: {m['int8_kernel']}")
+    busy = " (busy: other work shares these cores, so read the ratios, not the absolute rates)"
+    lines.append(
+        f"load average at start (1/5/15 min): {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+        + (busy if load[0] > 0.5 * (os.cpu_count() or 1) else "")
+    )
+    return lines
+
+
+def footer(report: dict) -> list[str]:
+    """The lines under the table: load while timing, the limits' GEMM rates, the per-shape rates,
+    the FFN block comparison."""
+    load = report["load_average"]
+    lines = [
+        f"load average (1 min) while timing: min {load['min']:.1f}, mean {load['mean']:.1f}, max {load['max']:.1f}"
+        + (" (busy)" if load["mean"] > 0.5 * (os.cpu_count() or 1) else "")
+    ]
+    res = report["results"]
+    for limit in LIMITS:
+        got = [
+            f"{k[-1]} {res[limit][k] / 1e9:.0f}"
+            for k in ("gemm_rate_A", "gemm_rate_B")
+            if k in res.get(limit, {})
+        ]
+        if got:
+            unit = "GOP/s" if "int8" in limit else "GFLOP/s"
+            lines.append(
+                f"{limit}: the layers' GEMMs alone, timed in turn with the engines, {unit}: {', '.join(got)}"
+            )
+    if "gemm_rates" in report:
+        rows = report["gemm_rows"]
+        lines.append(
+            f"GEMM rate per matmul, {rows} rows (A's mean batch), {report['threads']} threads, GFLOP/s (int8: GOP/s):"
+        )
+        for shape, r in report["gemm_rates"].items():
+            cells = ", ".join(f"{d} {v:.1f}" if v < 10 else f"{d} {v:.0f}" for d, v in r.items())
+            lines.append(f"  {shape:26} {cells}")
+    if "ffn_ms_one_thread" in report:
+        ffn = ", ".join(f"{k} {v:.1f}" for k, v in report["ffn_ms_one_thread"].items())
+        lines.append(f"FFN block on 1024 tokens, one thread, ms: {ffn}")
+    lines.append(f"total {report['seconds']:.0f} s")
+    return lines
 
 
 def parse_args(argv=None):
@@ -606,6 +840,15 @@ def parse_args(argv=None):
         "--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast for every engine"
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--workloads", default="ABCD", type=str.upper, help="which of A B C D to run (default ABCD; e.g. AB)"
+    )
+    p.add_argument(
+        "--engines",
+        type=lambda s: [e.strip() for e in s.split(",") if e.strip()],
+        help="comma-separated engines instead of all that run here, e.g. ours,ctranslate2,limit-fp32",
+    )
+    p.add_argument("--no-memory", action="store_true", help="skip the per-engine memory workers")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
@@ -625,39 +868,38 @@ def main(argv=None) -> None:
         return memory_worker(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from roberta.quantize import cpu_features
+
     config, started = preset(args.config), time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="roberta-speed-") as tmp:
-        folder = save_reference(config, Path(tmp) / "weights")
-        engines = engines_here(args)
-        print(
-            f"{args.config}, {args.device}, {args.dtype}, {torch.get_num_threads()} threads, quick={args.quick}"
-        )
-        print(f"speed, engines taking turns: {', '.join(engines)}", flush=True)
-        results = measure_speed(engines, args, config, folder)
-        print(f"memory, one worker per engine ({time.perf_counter() - started:.0f} s so far)", flush=True)
-        for e in results:
-            if e in trained_here(args) or not args.quick:
-                results[e].update(measure_memory(e, args, folder, Path(tmp) / f"{e}.json"))
     report = {
         "config": args.config, "device": args.device, "dtype": args.dtype, "quick": args.quick,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-        "load_average": {"min": min(LOADS), "mean": float(np.mean(LOADS)), "max": max(LOADS)},
-        "seconds": time.perf_counter() - started, "results": results,
+        "workloads": args.workloads, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
     }  # fmt: skip
     if args.device == "cpu":
-        report["gemm_gflops_one_thread"] = gemm_gflops()
+        report["machine"] = machine()
+    print("\n".join(header(report)), flush=True)
+    with tempfile.TemporaryDirectory(prefix="roberta-speed-") as tmp:
+        folder = save_reference(config, Path(tmp) / "weights")
+        engines = engines_here(args, cpu_features())
+        print(f"speed, engines taking turns: {', '.join(engines)}", flush=True)
+        results = measure_speed(engines, args, config, folder)
+        if not args.no_memory:
+            print(f"memory, one worker per engine ({time.perf_counter() - started:.0f} s so far)", flush=True)
+            for e in results:
+                if e not in LIMITS and (e in trained_here(args) or not args.quick):
+                    results[e].update(measure_memory(e, args, folder, Path(tmp) / f"{e}.json"))
+    loads = LOADS or [os.getloadavg()[0]]
+    report["load_average"] = {"min": min(loads), "mean": float(np.mean(loads)), "max": max(loads)}
+    report["results"] = results
+    if args.device == "cpu":
+        a = lengths_a(config, args.quick)
+        report["gemm_rows"] = round(sum(a) / -(-len(a) // 32))  # real tokens per batch of 32
+        report["gemm_rates"] = gemm_rates(config, report["gemm_rows"])
         report["ffn_ms_one_thread"] = int8_ffn_ms()
+    report["seconds"] = time.perf_counter() - started
     print(table(results))
-    load = report["load_average"]
-    print(
-        f"load average (1 min) while timing: min {load['min']:.1f}, mean {load['mean']:.1f}, max {load['max']:.1f}"
-    )
-    if "gemm_gflops_one_thread" in report:
-        gemm = ", ".join(f"{k} {v:.0f}" for k, v in report["gemm_gflops_one_thread"].items())
-        print(f"GEMM 1024x768 @ 768x3072, one thread, GFLOP/s (int8: GOP/s): {gemm}")
-        ffn = ", ".join(f"{k} {v:.1f}" for k, v in report["ffn_ms_one_thread"].items())
-        print(f"FFN block on 1024 tokens, one thread, ms: {ffn}")
-    print(f"total {report['seconds']:.0f} s")
+    print("\n".join(footer(report)))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -9,11 +9,15 @@ projections and FFN take 24·C² FLOPs and attention 4·T·C, so 99% of roberta-
 T = 41 tokens and 90% at 512.
 
 The scheme is symmetric, dynamic and per row on both sides:
-- the weight, once: each output channel scaled by its own absmax to int8 in [-127, 127];
+- the weight, once: each output channel scaled by its own absmax to int8 in [-Q, Q];
 - each input row (token), at every call: scaled by its own absmax to int8 in [-127, 127];
-- y = (x_q @ W_qᵀ) summed exactly in int32 (`torch._int_mm`; on this project's AVX-512 VNNI
-  CPU 3-4x the rate of the fp32 GEMM: the GEMM line of benchmarks/speed.py), times the row's
-  scale times the channel's scale, plus the fp32 bias.
+- y = (x_q @ W_qᵀ) summed exactly in int32, times the row's scale times the channel's scale, plus
+  the fp32 bias.
+The int8 GEMM is the CPU's (`int8_kernel`): with VNNI or AMX, `torch._int_mm` and Q = 127; without
+them (AVX2 only) torch._int_mm has no fast kernel, and oneDNN's (`torch.ops.onednn.qlinear_*`, a
+prepacked weight, the channel scale applied in the kernel) multiplies u8 by s8 in pairs summed in
+int16 (vpmaddubsw), which saturates unless |w| <= 63: so Q = 63 there (7-bit weights), and the
+sums stay exact. The benchmark's GEMM line gives both rates against fp32.
 Per-token scales keep one outlier token from costing every other token its precision.
 
 Results differ from fp32: benchmarks/speed.py prints the largest difference in the final hidden
@@ -29,35 +33,90 @@ FFN block in fp32, in ours and in those two (when they import).
 
 from __future__ import annotations
 
+import functools
+import time
+import warnings
+from pathlib import Path
+
 import torch
 import torch.nn as nn
+
+
+@functools.cache
+def cpu_features() -> frozenset[str]:
+    """The running CPU's feature flags (Linux /proc/cpuinfo: avx2, avx512_vnni, amx_bf16, ...);
+    empty where they cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def int8_kernel() -> str:
+    """The int8 GEMM used here: "int_mm" (torch._int_mm) where the CPU has VNNI or AMX, else
+    "onednn" (7-bit weights, see the module docstring)."""
+    return "int_mm" if cpu_features() & {"avx512_vnni", "avx_vnni", "amx_int8"} else "onednn"
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) float -> (x_q (M, K) int8 in [-127, 127], scale (M, 1) fp32): x ≈ x_q * scale, each row at
+    its own absmax / 127 (an all-zero row gets the smallest scale and stays 0)."""
+    absmax = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())  # (M, 1)
+    scale = absmax.clamp_(min=torch.finfo(torch.float32).tiny).div_(127)  # (M, 1)
+    return torch.div(x, scale).round_().to(torch.int8), scale
 
 
 class Int8Linear(nn.Module):
     """y = x Wᵀ + b with W and each row of x in int8 (see the module docstring).
 
-    weight: (out, in) int8; scale: (out,) fp32, W ≈ weight * scale[:, None]; bias: (out,) or None.
+    weight: (out, in) int8 in [-qmax, qmax]; scale: (out,) fp32, W ≈ weight * scale[:, None];
+    bias: (out,) or None. kernel: "int_mm" or "onednn" (`int8_kernel`).
     """
 
-    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, kernel: str):
         super().__init__()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.kernel = kernel
         self.register_buffer("weight", weight)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
+        self._packed: tuple[torch.Tensor, torch.Tensor] | None = (
+            None  # oneDNN's weight layout, at the first call
+        )
+        self._rows: dict[tuple[int, int], Int8Linear] = {}
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+    def from_linear(cls, linear: nn.Linear, kernel: str | None = None) -> Int8Linear:
+        kernel = kernel or int8_kernel()
+        qmax = 127 if kernel == "int_mm" else 63
         w = linear.weight.detach().float()  # (out, in)
-        scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127  # (out,)
+        scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / qmax  # (out,)
         weight = torch.round(w / scale[:, None]).to(torch.int8)  # (out, in)
         bias = linear.bias.detach().float().clone() if linear.bias is not None else None
-        return cls(weight, scale, bias)
+        return cls(weight, scale, bias, kernel)
 
     def rows(self, start: int, stop: int) -> Int8Linear:
-        """Output features start:stop only (a view, no copy): the fused QKV's Q, or its K and V."""
-        bias = self.bias[start:stop] if self.bias is not None else None
-        return Int8Linear(self.weight[start:stop], self.scale[start:stop], bias)
+        """Output features start:stop only (views of the weights, made once): the fused QKV's Q, or
+        its K and V."""
+        if (start, stop) not in self._rows:
+            bias = self.bias[start:stop] if self.bias is not None else None
+            part = Int8Linear(self.weight[start:stop], self.scale[start:stop], bias, self.kernel)
+            self._rows[start, stop] = part
+        return self._rows[start, stop]
+
+    def matmul(self, x_q: torch.Tensor) -> torch.Tensor:
+        """(M, in) int8 -> (M, out) fp32: the exact int32 sums x_q @ weightᵀ times each channel's scale."""
+        if self.kernel == "int_mm":
+            return torch._int_mm(x_q, self.weight.t()).float().mul_(self.scale)
+        if self._packed is None:  # (packed weight, zero points)
+            zero = torch.zeros(self.out_features, dtype=torch.long)
+            self._packed = (torch.ops.onednn.qlinear_prepack(self.weight, None), zero)
+        packed, zero = self._packed
+        return torch.ops.onednn.qlinear_pointwise(
+            x_q, 1.0, 0, packed, self.scale, zero, None, 1.0, 0, torch.float32, "none", [], ""
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
@@ -66,16 +125,13 @@ class Int8Linear(nn.Module):
                 "train the fp32 model and quantize the result"
             )
         shape = x.shape
-        x = x.reshape(-1, self.in_features).float()  # (M, in)
-        absmax = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())  # (M, 1)
-        x_scale = absmax.clamp_(min=torch.finfo(torch.float32).tiny).div_(127)  # (M, 1)
-        x_q = torch.div(x, x_scale).round_().to(torch.int8)  # (M, in), in [-127, 127]
-        y = torch._int_mm(x_q, self.weight.t()).float().mul_(x_scale)  # (M, out): exact int32 sums, scaled
-        y = torch.addcmul(self.bias, y, self.scale, out=y) if self.bias is not None else y.mul_(self.scale)
+        x_q, x_scale = quantize_rows(x.reshape(-1, self.in_features).float())  # (M, in), (M, 1)
+        y = self.matmul(x_q)  # (M, out)
+        y = torch.addcmul(self.bias, y, x_scale, out=y) if self.bias is not None else y.mul_(x_scale)
         return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 ({self.kernel})"
 
 
 def int8_device(device: str | torch.device | None) -> torch.device:
@@ -112,7 +168,47 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 def set_dtype(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
     """The model in `dtype`: torch.int8 quantizes it (quantize_int8), another dtype converts it,
-    None leaves it as it is. Returns the model."""
+    None leaves it as it is. Returns the model. bf16 on a CPU where it is slower than fp32 warns
+    (`bf16_cpu_warning`)."""
     if dtype == torch.int8:
         return quantize_int8(model)
+    if dtype == torch.bfloat16 and any(p.device.type == "cpu" for p in model.parameters()):
+        message = bf16_cpu_warning()
+        if message:
+            warnings.warn(message, stacklevel=3)
     return model.to(dtype) if dtype is not None else model
+
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # the CPU flags of native bf16 matmuls
+
+
+@functools.cache
+def bf16_cpu_speed(n: int = 128, dim: int = 768, reps: int = 3) -> tuple[float, float]:
+    """(bf16, fp32) GFLOP/s of one (n, dim) @ (dim, dim) GEMM on this CPU, best of `reps`; measured
+    once per process (under a second where bf16 is emulated)."""
+    rates = []
+    for dtype in (torch.bfloat16, torch.float32):
+        x, w = torch.randn(n, dim, dtype=dtype), torch.randn(dim, dim, dtype=dtype)
+        best = float("inf")
+        for _ in range(reps + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            x @ w
+            best = min(best, time.perf_counter() - start)
+        rates.append(2 * n * dim * dim / best / 1e9)
+    return rates[0], rates[1]
+
+
+def bf16_cpu_warning() -> str | None:
+    """Why bf16 does not pay on this CPU, measured; None where its bf16 GEMM is at least fp32's."""
+    bf16, fp32 = bf16_cpu_speed()
+    if bf16 >= fp32:
+        return None
+    has = [f for f in BF16_FLAGS if f in cpu_features()]
+    why = (
+        f"it has {', '.join(has)}" if has else f"it has neither {' nor '.join(BF16_FLAGS)}: bf16 is emulated"
+    )
+    return (
+        f"bf16 on this CPU is slower than fp32: a 128x768 @ 768x768 GEMM runs at {bf16:.0f} GFLOP/s in bf16 "
+        f"against {fp32:.0f} in fp32 ({bf16 / fp32:.2f}x, measured now); {why}. "
+        "Use fp32 (the default) or int8 (--dtype int8) here; bf16 pays on GPUs and CPUs with AMX."
+    )

@@ -9,6 +9,7 @@ full forward (all to 1e-5). Its distance from fp32 is bounded, not zero.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -34,12 +35,14 @@ def reference(linear: Int8Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("kernel", ["int_mm", "onednn"])  # both run on any x86 CPU, fast or not
 @pytest.mark.parametrize("bias", [True, False])
-def test_int8_linear_is_the_integer_arithmetic_it_claims(bias):
+def test_int8_linear_is_the_integer_arithmetic_it_claims(bias, kernel):
     torch.manual_seed(0)
     fp32 = nn.Linear(48, 40, bias=bias)
-    q = Int8Linear.from_linear(fp32)
-    assert q.weight.dtype == torch.int8 and q.weight.abs().max() == 127  # each channel's absmax -> 127
+    q = Int8Linear.from_linear(fp32, kernel)
+    qmax = 127 if kernel == "int_mm" else 63  # oneDNN without VNNI sums pairs in int16: 7-bit weights
+    assert q.weight.dtype == torch.int8 and q.weight.abs().max() == qmax  # each channel's absmax -> qmax
     assert (
         q.weight.double() * q.scale.double()[:, None] - fp32.weight.double()
     ).abs().max() <= q.scale.max() / 2
@@ -52,7 +55,20 @@ def test_int8_linear_is_the_integer_arithmetic_it_claims(bias):
     assert (y - fp32(x)).abs().max() < 0.05 * fp32(x).abs().max()  # int8 is close to fp32, not equal
     part = q.rows(8, 24)  # the fused QKV's K, say: those output features only
     torch.testing.assert_close(part(x), y[..., 8:24], rtol=0, atol=0)
+    assert q.rows(8, 24) is part  # made once
     assert q(torch.empty(0, 48)).shape == (0, 40)
+
+
+@torch.no_grad()
+def test_int8_sums_are_exact_at_full_range():
+    """The worst case for a kernel that sums pairs in int16: every input and weight at its limit."""
+    torch.manual_seed(1)
+    for kernel, qmax in (("int_mm", 127), ("onednn", 63)):
+        q = Int8Linear.from_linear(nn.Linear(64, 32, bias=False), kernel)
+        q.weight.copy_(torch.randint(0, 2, q.weight.shape) * 2 * qmax - qmax)  # +-qmax
+        x_q = (torch.randint(0, 2, (24, 64)) * 254 - 127).to(torch.int8)  # +-127
+        exact = (x_q.double() @ q.weight.double().t()) * q.scale.double()
+        torch.testing.assert_close(q.matmul(x_q).double(), exact, rtol=1e-6, atol=0)
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +141,27 @@ def test_int8_is_for_inference_on_cpu_in_fp32(pair, tmp_path):
     with pytest.raises(ValueError, match="save the fp32 model"):
         loaded.save_pretrained(tmp_path / "int8")
     assert not (tmp_path / "int8").exists()  # nothing half-written
+
+
+def test_bf16_on_a_cpu_where_it_is_slower_warns_with_the_measured_rates(monkeypatch, tmp_path):
+    from roberta import quantize
+
+    model = RobertaModel(tiny_config())
+    monkeypatch.setattr(quantize, "bf16_cpu_speed", lambda: (5.0, 50.0))  # (bf16, fp32) GFLOP/s
+    with pytest.warns(
+        UserWarning, match=r"slower than fp32: .* 5 GFLOP/s in bf16 against 50 in fp32 \(0.10x"
+    ):
+        assert next(quantize.set_dtype(model, torch.bfloat16).parameters()).dtype == torch.bfloat16
+    monkeypatch.setattr(quantize, "bf16_cpu_speed", lambda: (80.0, 50.0))  # AMX: bf16 pays, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize.set_dtype(model.float(), torch.bfloat16)
+    model.float().save_pretrained(tmp_path)  # and nothing picks bf16 by itself
+    assert next(load_for_inference(RobertaModel, tmp_path, device="cpu").parameters()).dtype == torch.float32
+
+
+def test_bf16_speed_is_measured_once():
+    from roberta.quantize import bf16_cpu_speed
+
+    bf16, fp32 = bf16_cpu_speed()
+    assert bf16 > 0 and fp32 > 0 and bf16_cpu_speed() == (bf16, fp32)
