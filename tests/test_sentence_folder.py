@@ -22,7 +22,7 @@ import torch
 from test_bert import bert_config, bert_tokenizers, corpus  # noqa: F401 (fixtures)
 from test_families import TEXTS, family_config, sentencepiece_model  # noqa: F401 (a fixture)
 
-from roberta.tasks import Embedder
+from roberta.tasks import Embedder, task_of
 from roberta.tasks.embed import read_sentence_folder
 
 transformers = pytest.importorskip("transformers")
@@ -138,6 +138,7 @@ def test_the_older_layout_and_its_settings(xlmr_dir, tmp_path, pooling, lower):
     assert settings.do_lower_case is lower
     texts = [*TEXTS, LONG, "ZWEI MÄNNER, Größe"]
     assert_close(ours(folder, texts), reference(folder, texts))
+    assert task_of(folder) == "embed"  # `roberta serve --model FOLDER` serves /embed, no --task needed
 
 
 def test_cli_and_server_give_the_folders_vectors(xlmr_dir, tmp_path, capsys):
@@ -149,6 +150,7 @@ def test_cli_and_server_give_the_folders_vectors(xlmr_dir, tmp_path, capsys):
     from roberta.serve import build_app
 
     folder = save_st(xlmr_dir, tmp_path / "st", "cls", normalize=False)
+    assert task_of(folder) == "embed"  # not fill-mask, although its config.json names a base model
     expected = reference(folder, TEXTS)
     assert main(["embed", *TEXTS, "--model", str(folder), "--json", "--device", "cpu"]) == 0
     got = [json.loads(line)["embedding"] for line in capsys.readouterr().out.splitlines()]

@@ -36,7 +36,7 @@ REGISTRY: dict[str, Entry] = {
     "multiple-choice": Entry(
         "multiple_choice", "MultipleChoice", "pick the choice that fits a context best (a multiple-choice model)"
     ),
-    "embed": Entry("embed", "Embedder", "one vector per text (mean or <s> pooling of the last layer)"),
+    "embed": Entry("embed", "Embedder", "one vector per text (the pooling of a sentence-transformers folder, else mean)"),
     "translate": Entry("translate", "Translator", "translate texts (an encoder-decoder from `roberta finetune translate`)"),
 }  # fmt: skip
 
@@ -74,10 +74,13 @@ def get_task(name: str) -> Task:
 def task_of(name_or_path: str | os.PathLike) -> str:
     """The task of a checkpoint: what its config.json's `architectures` says it was saved as
     (a base or masked-LM checkpoint fills masks; `--task embed` serves any checkpoint's encoder).
-    A family's names read as RoBERTa's: `XLMRobertaForTokenClassification` is a ner checkpoint."""
+    A family's names read as RoBERTa's: `XLMRobertaForTokenClassification` is a ner checkpoint.
+    A sentence-transformers folder (one with modules.json) embeds."""
     from roberta.architectures import architecture_of
     from roberta.config import roberta_architecture
 
+    if os.path.isfile(os.path.join(name_or_path, "modules.json")):
+        return "embed"
     name = architecture_of(name_or_path)
     for task in TASKS.values():
         if roberta_architecture(name) in task.architectures:
