@@ -33,6 +33,8 @@ them compile once for any number of rows.
 
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +76,11 @@ class Packing:
         indices = keep.flatten().nonzero().squeeze(1)[order]  # (N,)
         lengths = real.sum(dim=1)
         return cls(indices, tuple(lengths.tolist()), tuple((lengths + padded).tolist()), B, T)
+
+    @functools.cached_property
+    def attention_plan(self) -> AttentionPlan:
+        """Every packed row a query (`packed_attention`): the plan, made at the first layer."""
+        return make_plan(self.sizes, self, call_cost(self.indices.device), self.indices.device)
 
     @property
     def num_rows(self) -> int:
@@ -128,16 +135,128 @@ def unpack(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     return fill.index_copy(0, packing.indices, x).view(B, T, *x.shape[1:])
 
 
+# One SDPA call's fixed cost on the CPU, in query-key pairs: about a 128-token sequence's attention.
+# Per-sequence calls pay it B times per layer (on 2 busy cores a parallel call's thread hand-off
+# costs more than a short sequence's arithmetic); one call re-padded to the longest pays for padding
+# instead. `plan_groups` balances the two. Measured on workload A's batches (2 threads, a shared AMD
+# EPYC, ours taking turns with itself at other costs), per CPU-second: busy, 65536 beat 4096 and
+# 16384 by 14% and 6% and one call per batch by 10%; quieter, 4096..65536 within 4% of each other
+# and a call per sequence (cost 0, as before) 26% slower. benchmarks/profile_a.py shows attention's share.
+CPU_CALL_COST = 16384
+
+
+@dataclass(frozen=True)
+class Group:
+    """Sequences attended in one SDPA call, re-padded to b x Q queries and b x S keys.
+
+    q_rows: (b * Q,) the query row behind each padded query (a padding one repeats its sequence's
+    last query; its output is dropped); k_rows: (b * S,) the same for keys and values (padding ones
+    are masked); key_mask: (b, 1, 1, S) True = a real key, or None when every key is real.
+    """
+
+    q_rows: torch.Tensor
+    k_rows: torch.Tensor
+    key_mask: torch.Tensor | None
+    b: int
+    Q: int
+    S: int
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """How a batch's attention runs: `groups`, then `take` (M,), each query's row in the groups'
+    outputs concatenated, in query order. Made once per batch, used by every layer."""
+
+    groups: tuple[Group, ...]
+    take: torch.Tensor
+
+
+def plan_groups(cost: list[tuple[int, int]], call_cost: float, window: int = 64) -> list[list[int]]:
+    """Split sequences into groups of consecutive ones (in the given order) that minimise the sum
+    over groups of call_cost + b * max queries * max keys. cost: (queries, keys) per sequence, sorted
+    by keys. Exact dynamic programming over groups of at most `window` sequences."""
+    n = len(cost)
+    best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for i in range(1, n + 1):
+        Q = 0
+        for j in range(i, max(0, i - window), -1):  # group = sequences j-1 .. i-1
+            Q = max(Q, cost[j - 1][0])
+            c = best[j - 1] + call_cost + (i - j + 1) * Q * cost[i - 1][1]
+            if c <= best[i]:  # a tie: the bigger group, one call fewer
+                best[i], cut[i] = c, j - 1
+    groups, i = [], n
+    while i > 0:
+        groups.append(list(range(cut[i], i)))
+        i = cut[i]
+    return groups[::-1]
+
+
+def make_plan(
+    counts: tuple[int, ...], packing: Packing, call_cost: float, device: torch.device
+) -> AttentionPlan:
+    """The plan for counts[i] queries of each sequence i (consecutive rows, sequence after
+    sequence) over its own real keys (the first lengths[i] of its sizes[i] packed rows)."""
+    lengths, sizes = packing.lengths, packing.sizes
+    q_start = [0, *itertools.accumulate(counts)][:-1]
+    k_start = [0, *itertools.accumulate(sizes)][:-1]
+    order = sorted((i for i in range(len(counts)) if counts[i] > 0), key=lambda i: (lengths[i], counts[i]))
+    split = plan_groups([(counts[i], max(lengths[i], 1)) for i in order], call_cost)
+    groups, take, offset = [], torch.empty(sum(counts), dtype=torch.long), 0
+    for part in split:
+        seqs = [order[k] for k in part]
+        n_q, n_k = torch.tensor([counts[i] for i in seqs]), torch.tensor([lengths[i] for i in seqs])
+        Q, S, b = int(n_q.max()), max(int(n_k.max()), 1), len(seqs)
+        t_q, t_k = torch.arange(Q)[None, :], torch.arange(S)[None, :]
+        q_rows = torch.tensor([q_start[i] for i in seqs])[:, None] + torch.minimum(t_q, n_q[:, None] - 1)
+        k_rows = torch.tensor([k_start[i] for i in seqs])[:, None] + torch.minimum(
+            t_k, (n_k[:, None] - 1).clamp(min=0)
+        )
+        real_q, real_k = t_q < n_q[:, None], t_k < n_k[:, None]  # (b, Q), (b, S)
+        take[q_rows[real_q]] = (offset + torch.arange(b * Q)).view(b, Q)[real_q]
+        mask = None if bool(real_k.all()) else real_k[:, None, None, :].to(device)
+        groups.append(Group(q_rows.flatten().to(device), k_rows.flatten().to(device), mask, b, Q, S))
+        offset += b * Q
+    return AttentionPlan(tuple(groups), take.to(device))
+
+
+def grouped_attention(
+    q: torch.Tensor, kv: torch.Tensor | None, plan: AttentionPlan, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """q: (M, nh, hs) queries and kv: (N, 2, nh, hs) keys and values; or q: (N, 3, nh, hs) the packed
+    rows' queries, keys and values and kv None (then every row is a query, and one gather per group
+    serves all three). One SDPA call per group of `plan`. Returns (M, nh * hs)."""
+    nh, hs = q.shape[-2:]
+    out = q.new_empty(sum(g.b * g.Q for g in plan.groups), nh * hs)  # the groups' outputs, in turn
+    offset = 0
+    for g in plan.groups:
+        if kv is None:  # a key's row is its query's: the first S of each sequence's Q rows
+            qkv = q.index_select(0, g.q_rows).view(g.b, g.Q, 3, nh, hs)
+            qg, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (b, nh, Q, hs)
+            k, v = k[:, :, : g.S], v[:, :, : g.S]
+        else:
+            qg = q.index_select(0, g.q_rows).view(g.b, g.Q, nh, hs).transpose(1, 2)  # (b, nh, Q, hs)
+            kvg = kv.index_select(0, g.k_rows).view(g.b, g.S, 2, nh, hs)
+            k, v = kvg.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (b, nh, S, hs)
+        y = F.scaled_dot_product_attention(qg, k, v, attn_mask=g.key_mask, dropout_p=dropout_p)
+        out[offset : offset + g.b * g.Q].view(g.b, g.Q, nh, hs).copy_(y.transpose(1, 2))
+        offset += g.b * g.Q
+    return out.index_select(0, plan.take)  # (M, nh * hs)
+
+
+def call_cost(device: torch.device) -> float:
+    """One group per call where launches are cheap next to padding (CPU), one call elsewhere (GPU)."""
+    return CPU_CALL_COST if device.type == "cpu" else float("inf")
+
+
 @eager
 def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(QKᵀ/√d_k)·V of each sequence over its own real keys, on packed rows.
 
     qkv: (N, 3, nh, hs) queries, keys and values of the packed rows. Returns (N, nh * hs), the
     heads concatenated. Equals SDPA on the padded batch with padding keys masked, at every row.
-    It is `subset_attention` with every row as a query.
+    Sequences of similar length share one SDPA call (`Packing.attention_plan`, made once per batch).
     """
-    every_row = Subset(torch.arange(packing.num_rows, device=qkv.device), packing.sizes)
-    return subset_attention(qkv[:, 0], qkv[:, 1:], packing, every_row, dropout_p)
+    return grouped_attention(qkv, None, packing.attention_plan, dropout_p)
 
 
 @eager
@@ -148,35 +267,7 @@ def subset_attention(
 
     q: (M, nh, hs) the subset rows' queries; kv: (N, 2, nh, hs) keys and values of all packed rows.
     Returns (M, nh * hs). A classifier reads one position per sequence and the MLM loss the masked
-    ones, so the last layer needs queries, attention, Wᴼ and the FFN at those rows only. On CPU
-    one SDPA call per sequence computes no padding at all (measured fastest: see
-    benchmarks/speed.py); elsewhere one masked call on the re-padded batch avoids many launches.
+    ones, so the last layer needs queries, attention, Wᴼ and the FFN at those rows only.
     """
-    if q.device.type != "cpu":
-        return _repadded_subset_attention(q, kv, packing, subset, dropout_p)
-    outs = []
-    parts = zip(q.split(subset.counts), kv.split(packing.sizes), packing.lengths)
-    for qs, part, n in parts:  # qs (m, nh, hs), part (S, 2, nh, hs): one sequence
-        if qs.shape[0] == 0:
-            continue
-        k, v = part[:n].permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # 2 x (1, nh, n, hs)
-        y = F.scaled_dot_product_attention(qs.transpose(0, 1)[None], k, v, dropout_p=dropout_p)
-        outs.append(y[0].transpose(0, 1).flatten(1))  # (m, nh * hs)
-    return torch.cat(outs) if outs else q.new_zeros(0, q.shape[1] * q.shape[2])
-
-
-def _repadded_subset_attention(
-    q: torch.Tensor, kv: torch.Tensor, packing: Packing, subset: Subset, dropout_p: float
-) -> torch.Tensor:
-    """`subset_attention` as one SDPA call: queries and keys re-padded per sequence, keys masked."""
-    _, nh, hs = q.shape
-    B, Q, S = packing.batch_size, max(subset.counts, default=0), max(packing.sizes, default=0)
-    pos_q, pos_k = torch.arange(Q, device=q.device), torch.arange(S, device=q.device)
-    q_rows = (pos_q < torch.tensor(subset.counts, device=q.device)[:, None]).flatten().nonzero().squeeze(1)
-    k_rows = (pos_k < torch.tensor(packing.sizes, device=q.device)[:, None]).flatten().nonzero().squeeze(1)
-    keys = pos_k < torch.tensor(packing.lengths, device=q.device)[:, None]  # (B, S)
-    dq = q.new_zeros(B * Q, nh, hs).index_copy(0, q_rows, q).view(B, Q, nh, hs).transpose(1, 2)
-    dkv = kv.new_zeros(B * S, 2, nh, hs).index_copy(0, k_rows, kv).view(B, S, 2, nh, hs)
-    k, v = dkv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, nh, S, hs)
-    y = F.scaled_dot_product_attention(dq, k, v, attn_mask=keys[:, None, None, :], dropout_p=dropout_p)
-    return y.transpose(1, 2).reshape(B * Q, nh * hs).index_select(0, q_rows)  # (M, nh * hs)
+    plan = make_plan(subset.counts, packing, call_cost(q.device), q.device)
+    return grouped_attention(q, kv, plan, dropout_p)

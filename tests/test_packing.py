@@ -15,10 +15,11 @@ from roberta.heads import RobertaForMaskedLM, RobertaForQuestionAnswering, Rober
 from roberta.model import RobertaModel
 from roberta.packing import (
     Packing,
-    Subset,
-    _repadded_subset_attention,
+    grouped_attention,
+    make_plan,
     pack,
     packed_attention,
+    plan_groups,
     subset_attention,
     unpack,
 )
@@ -110,11 +111,20 @@ def test_packed_attention_equals_masked_sdpa_at_every_row():
     qkv = torch.randn(B, T, 3, 4, 8)
     ref = masked_sdpa(qkv, mask, p)
     packed = pack(qkv, p)  # (N, 3, nh, hs)
-    every_row = Subset(torch.arange(p.num_rows), p.sizes)
     assert (packed_attention(packed, p) - ref).abs().max() < TOL
-    assert (
-        _repadded_subset_attention(packed[:, 0], packed[:, 1:], p, every_row, 0.0) - ref
-    ).abs().max() < TOL
+    for cost in (0, 30, float("inf")):  # a call per sequence, some groups, one call (as on a GPU)
+        plan = make_plan(p.sizes, p, cost, packed.device)
+        assert (grouped_attention(packed[:, 0], packed[:, 1:], plan) - ref).abs().max() < TOL
+    assert len(make_plan(p.sizes, p, 0, packed.device).groups) == B - 1  # the two of 11 tokens share one
+    assert len(make_plan(p.sizes, p, float("inf"), packed.device).groups) == 1
+
+
+def test_plan_groups_trades_calls_against_padding():
+    cost = [(n, n) for n in (2, 2, 3, 10, 10, 11)]  # (queries, keys), sorted by keys
+    assert plan_groups(cost, 0) == [[0, 1], [2], [3, 4], [5]]  # equal lengths share a call for free
+    assert plan_groups(cost, 50) == [[0, 1, 2], [3, 4, 5]]
+    assert plan_groups(cost, 1e9) == [[0, 1, 2, 3, 4, 5]]
+    assert plan_groups([], 10) == []
 
 
 def test_rows_of_by_hand():
@@ -140,7 +150,9 @@ def test_subset_attention_equals_masked_sdpa_at_its_rows():
     q, kv = qkv[:, 0].index_select(0, sub.indices), qkv[:, 1:]
     assert ref.shape[0] == int(want.sum()) > 0
     assert (subset_attention(q, kv, p, sub) - ref).abs().max() < TOL
-    assert (_repadded_subset_attention(q, kv, p, sub, 0.0) - ref).abs().max() < TOL
+    for cost in (0, 30, float("inf")):
+        plan = make_plan(sub.counts, p, cost, q.device)
+        assert (grouped_attention(q, kv, plan) - ref).abs().max() < TOL
     none = p.rows_of(torch.zeros_like(want))
     assert subset_attention(q[:0], kv, p, none).shape == (0, 32)
 
