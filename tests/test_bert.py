@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 from test_heads import TOL, labels_for, outputs_agree
+from test_tasks import INPUTS, OVERRIDES, TINY
 
 from roberta import RobertaConfig, RobertaModel
 from roberta.architectures import architecture_class
@@ -353,18 +354,11 @@ def test_bad_folders_are_one_clear_error(tmp_path):
 
 # ---- every command on a BERT folder, token types end to end -----------------------------------------
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-TASK_CONFIG = {
-    "classify": dict(num_labels=2, id2label={0: "neg", 1: "pos"}),
-    "ner": dict(num_labels=3, id2label={0: "O", 1: "B-PER", 2: "I-PER"}),
-}
+# test_tasks' tiny sizes, head configs and one input per command; BERT writes its mask [MASK]
+TASK_CONFIG = OVERRIDES
 TASK_INPUTS = {
+    **{name: argv for name, argv in INPUTS.items() if name != "translate"},
     "fill-mask": ["Paris is the [MASK] of France."],
-    "classify": ["a gripping film"],
-    "ner": ["Angela Merkel visited Paris."],
-    "qa": ["--question", "Who visited Paris?", "--context", "Angela Merkel visited Paris."],
-    "multiple-choice": ["--context", "The sky is", "--choice", "blue.", "--choice", "green."],
-    "embed": ["a text"],
 }
 # translate's model is an encoder-decoder warm-started from a RoBERTa masked LM: not a BERT command
 NOT_BERT = {"translate"}
