@@ -1,4 +1,5 @@
-"""Translation: a RoBERTa-initialised encoder-decoder ("roberta2roberta", Rothe et al., 2020).
+"""Translation: a RoBERTa-initialised encoder-decoder ("roberta2roberta", Rothe et al., 2020;
+any family's masked LM warm-starts it: "bert2bert", "xlmr2xlmr").
 
     model = EncoderDecoder.from_encoder_pretrained("roberta-small-books")   # both stacks from RoBERTa
     loss = model(input_ids, attention_mask, labels=labels).loss
@@ -16,9 +17,10 @@ layers and LM head copy the checkpoint's (the MLM head predicts tokens, which is
 does); only cross-attention starts from random weights.
 
 Targets: the decoder reads `<s> y1 ... yn` and predicts `y1 ... yn </s>`; generation starts from
-`<s>` and stops at `</s>`. Checkpoints are transformers' EncoderDecoderModel with a RobertaModel
-encoder and a RobertaForCausalLM decoder (config.json nests both configs); names map through
-checkpoint.KEY_MAP like the encoder's.
+`<s>` and stops at `</s>` (BERT: `[CLS]` and `[SEP]`). Checkpoints are transformers'
+EncoderDecoderModel with the family's encoder and causal-LM decoder (RobertaModel and
+RobertaForCausalLM, BertModel and BertLMHeadModel; config.json nests both configs); names map
+through checkpoint.KEY_MAP and HEAD_KEY_MAPS like the encoder's.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from roberta.atomic import write_text_atomic
-from roberta.checkpoint import PretrainedModel, hf_names
+from roberta.checkpoint import PretrainedModel, head_name, hf_names
 from roberta.config import RobertaConfig
 from roberta.heads import IGNORE_INDEX, MaskedLMHead, RobertaForMaskedLM, TaskOutput
 from roberta.model import Embeddings, EncoderLayer, RobertaModel, position_ids_from_input_ids
+from roberta.tokenizer import Tokenizer
 
 KeyValue = tuple[torch.Tensor, torch.Tensor]  # keys and values, each (B, nh, S, hs)
 
@@ -193,6 +196,7 @@ class Decoder(nn.Module):
     def __init__(self, config: RobertaConfig):
         super().__init__()
         self.pad_token_id = config.pad_token_id
+        self.positions_after_pad = config.family.positions_after_pad
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.lm_head = MaskedLMHead(config, self.embeddings.word)
@@ -208,9 +212,13 @@ class Decoder(nn.Module):
         `past` the keys and values of the positions before it). Returns hidden states (B, t, C)
         and each layer's keys and values."""
         offset = 0 if past is None else past[0][0].shape[2]  # positions already decoded
-        position_ids = position_ids_from_input_ids(input_ids, self.pad_token_id)
-        if offset:
-            position_ids = position_ids + offset * input_ids.ne(self.pad_token_id)
+        if self.positions_after_pad:  # RoBERTa's rule: real tokens count from pad + 1
+            position_ids = position_ids_from_input_ids(input_ids, self.pad_token_id)
+            if offset:
+                position_ids = position_ids + offset * input_ids.ne(self.pad_token_id)
+        else:  # BERT's: 0, 1, 2, ... (targets are right-padded, so real tokens come first)
+            B, t = input_ids.shape
+            position_ids = torch.arange(offset, offset + t, device=input_ids.device).expand(B, t)
         x = self.embeddings(input_ids, position_ids=position_ids)  # (B, t, C)
         present = []
         for i, layer in enumerate(self.layers):
@@ -375,31 +383,41 @@ class EncoderDecoder(PretrainedModel):
     # ---- checkpoints -----------------------------------------------------------------------------
 
     def to_hf_names(self, key: str) -> tuple[str, ...]:
-        """Ours -> transformers' EncoderDecoderModel names: `encoder.` + RobertaModel's; the
-        decoder's body under `decoder.roberta.` (its layers where RobertaModel's are); the head as is."""
+        """Ours -> transformers' EncoderDecoderModel names: `encoder.` + the encoder's; the
+        decoder's body under its family's prefix (`decoder.roberta.`, `decoder.bert.`; its layers
+        where the encoder's are) and its MLM head under the family's name (`decoder.lm_head.`,
+        `decoder.cls.predictions.`), as RobertaForCausalLM and BertLMHeadModel hold them."""
         stack, rest = key.split(".", 1)
         if stack == "encoder":
             return tuple("encoder." + n for n in hf_names(rest))
+        family = self.config.decoder.family
         if rest.startswith("lm_head."):
-            return (key,)
+            return ("decoder." + head_name(rest, family.model_type),)
         body = "encoder." + rest if rest.startswith("layers.") else rest
-        return tuple("decoder.roberta." + n for n in hf_names(body))
+        return tuple(f"decoder.{family.base_model_prefix}." + n for n in hf_names(body))
 
     def _hf_body_prefixes(self) -> tuple[str, ...]:
-        return ("encoder.embeddings.", "encoder.encoder.", "decoder.roberta.")  # not the unused pooler
+        decoder = f"decoder.{self.config.decoder.family.base_model_prefix}."
+        return ("encoder.embeddings.", "encoder.encoder.", decoder)  # not the unused pooler
 
     @classmethod
     def from_encoder_pretrained(
         cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None
     ) -> EncoderDecoder:
-        """Both stacks from one RoBERTa checkpoint: the encoder is it; the decoder copies its
-        embeddings, layers and MLM head, and gets fresh cross-attention."""
+        """Both stacks from one masked-LM checkpoint of any family: the encoder is it; the decoder
+        copies its embeddings, layers and MLM head, and gets fresh cross-attention. Targets start
+        at the family's first token and end at its separator: `<s>`/`</s>`, BERT's `[CLS]`/`[SEP]`
+        (read from the folder's tokenizer where config.json names none, as transformers' bert2bert)."""
         mlm = RobertaForMaskedLM.from_pretrained(name_or_path)
+        start, end = mlm.config.bos_token_id, mlm.config.eos_token_id
+        if start is None or end is None:
+            tokenizer = Tokenizer.from_pretrained(name_or_path)
+            start, end = tokenizer.cls_token_id, tokenizer.sep_token_id
         config = EncoderDecoderConfig(
             mlm.config,
             mlm.config,
-            decoder_start_token_id=mlm.config.bos_token_id,
-            eos_token_id=mlm.config.eos_token_id,
+            decoder_start_token_id=start,
+            eos_token_id=end,
             pad_token_id=mlm.config.pad_token_id,
         )
         model = cls(config)

@@ -16,9 +16,10 @@ import torch
 from test_heads import TOL, labels_for, outputs_agree
 from test_tasks import INPUTS, OVERRIDES, TINY
 
-from roberta import RobertaConfig, RobertaModel
+from roberta import RobertaConfig, RobertaForMaskedLM, RobertaModel
 from roberta.architectures import architecture_class
 from roberta.checkpoint import read_weights
+from roberta.seq2seq import EncoderDecoder
 
 transformers = pytest.importorskip("transformers")
 
@@ -356,12 +357,7 @@ def test_bad_folders_are_one_clear_error(tmp_path):
 
 # test_tasks' tiny sizes, head configs and one input per command; BERT writes its mask [MASK]
 TASK_CONFIG = OVERRIDES
-TASK_INPUTS = {
-    **{name: argv for name, argv in INPUTS.items() if name != "translate"},
-    "fill-mask": ["Paris is the [MASK] of France."],
-}
-# translate's model is an encoder-decoder warm-started from a RoBERTa masked LM: not a BERT command
-NOT_BERT = {"translate"}
+TASK_INPUTS = {**INPUTS, "fill-mask": ["Paris is the [MASK] of France."]}
 
 
 @pytest.fixture(scope="module")
@@ -378,15 +374,18 @@ def bert_folders(corpus, tmp_path_factory):
     trainer.save_model(str(root))
     (root / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 64}))
     vocab = (root / "vocab.txt").read_text(encoding="utf-8").count("\n")
+    values = {"model_type": "bert", "vocab_size": vocab, "max_position_embeddings": 64, **TINY}
+    RobertaForMaskedLM(RobertaConfig.from_dict(values)).save_pretrained(root / "mlm")
+    for file in ("vocab.txt", "tokenizer_config.json"):
+        (root / "mlm" / file).write_bytes((root / file).read_bytes())
     folders = {}
     for name, task in TASKS.items():
-        if name in NOT_BERT:
-            continue
-        values = {"model_type": "bert", "vocab_size": vocab, "max_position_embeddings": 64, **TINY}
         torch.manual_seed(0)
-        task.model_class(RobertaConfig.from_dict({**values, **TASK_CONFIG.get(name, {})})).save_pretrained(
-            root / name
-        )
+        if task.model_class is EncoderDecoder:  # bert2bert: both stacks from the masked LM
+            model = EncoderDecoder.from_encoder_pretrained(root / "mlm")
+        else:
+            model = task.model_class(RobertaConfig.from_dict({**values, **TASK_CONFIG.get(name, {})}))
+        model.save_pretrained(root / name)
         for file in ("vocab.txt", "tokenizer_config.json"):
             (root / name / file).write_bytes((root / file).read_bytes())
         folders[name] = root / name
@@ -396,11 +395,15 @@ def bert_folders(corpus, tmp_path_factory):
 def test_the_registry_reads_bert_folders(bert_folders):
     from roberta.tasks import TASKS, task_of
 
-    assert set(bert_folders) == set(TASKS) - NOT_BERT == set(TASK_INPUTS)
+    assert set(bert_folders) == set(TASKS) == set(TASK_INPUTS)
     for name, folder in bert_folders.items():
         if TASKS[name].architectures:
             assert task_of(folder) == name
-        assert json.loads((folder / "config.json").read_text())["architectures"][0].startswith("Bert")
+        config = json.loads((folder / "config.json").read_text())
+        if name == "translate":  # an EncoderDecoderModel of two BERT stacks
+            assert config["encoder"]["model_type"] == config["decoder"]["model_type"] == "bert"
+        else:
+            assert config["architectures"][0].startswith("Bert")
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "int8"])

@@ -1,7 +1,7 @@
 """The encoder-decoder (roberta.seq2seq) against transformers' EncoderDecoderModel.
 
-A tiny random transformers EncoderDecoderModel (RobertaModel encoder, RobertaForCausalLM decoder
-with cross-attention) is saved and loaded here: logits, loss, greedy and beam-search outputs must be
+A tiny random transformers EncoderDecoderModel of each family (RobertaModel encoder and
+RobertaForCausalLM decoder; BertModel and BertLMHeadModel) is saved and loaded here: logits, loss, greedy and beam-search outputs must be
 transformers'. Its LM head is biased towards </s> so that hypotheses end at different steps.
 """
 
@@ -32,18 +32,27 @@ TINY = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def hf_model(tmp_path_factory):
-    """(transformers model in eval mode, the folder it was saved to)."""
-    torch.manual_seed(0)
-    encoder = transformers.RobertaModel(transformers.RobertaConfig(**TINY))
-    decoder = transformers.RobertaForCausalLM(
-        transformers.RobertaConfig(**TINY, is_decoder=True, add_cross_attention=True)
+# family -> (config class, encoder class, causal-LM decoder class, the decoder's output bias)
+FAMILIES = {
+    "roberta": ("RobertaConfig", "RobertaModel", "RobertaForCausalLM", lambda m: m.lm_head.bias),
+    "bert": ("BertConfig", "BertModel", "BertLMHeadModel", lambda m: m.cls.predictions.bias),
+}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def hf_model(request, tmp_path_factory):
+    """(transformers model in eval mode, the folder it was saved to), for each family."""
+    config_class, encoder_class, decoder_class, bias = (
+        getattr(transformers, c) if isinstance(c, str) else c for c in FAMILIES[request.param]
     )
+    torch.manual_seed(0)
+    encoder = encoder_class(config_class(**TINY, pad_token_id=1))
+    decoder = decoder_class(config_class(**TINY, pad_token_id=1, is_decoder=True, add_cross_attention=True))
     with torch.no_grad():
-        decoder.lm_head.bias[2] += 3.0  # </s> likely: hypotheses end after a few tokens
+        bias(decoder)[2] += 3.0  # </s> likely: hypotheses end after a few tokens
     model = transformers.EncoderDecoderModel(encoder=encoder, decoder=decoder)
     model.config.decoder_start_token_id, model.config.pad_token_id, model.config.eos_token_id = 0, 1, 2
+    model.generation_config = transformers.GenerationConfig.from_model_config(model.config)
     folder = tmp_path_factory.mktemp("hf-seq2seq")
     model.save_pretrained(folder)
     return model.eval(), folder
@@ -178,6 +187,33 @@ def test_from_encoder_pretrained_copies_roberta_into_both_stacks(tmp_path):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_from_encoder_pretrained_warm_starts_bert_as_transformers_bert2bert(tmp_path):
+    """A BERT masked LM (no bos/eos in its config) starts both stacks; generation starts at [CLS]
+    and ends at [SEP], from the folder's tokenizer; the saved model loads in transformers with the
+    same logits, its decoder a BertLMHeadModel."""
+    torch.manual_seed(0)
+    config = RobertaConfig.from_dict({"model_type": "bert", **TINY, "pad_token_id": 0})
+    RobertaForMaskedLM(config).save_pretrained(tmp_path / "mlm")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(TINY["vocab_size"] - 5))]
+    (tmp_path / "mlm" / "vocab.txt").write_text("\n".join(words) + "\n")
+    model = EncoderDecoder.from_encoder_pretrained(tmp_path / "mlm")
+    assert (model.config.decoder_start_token_id, model.config.eos_token_id, model.config.pad_token_id) == (
+        2,
+        3,
+        0,
+    )
+    model.eval().save_pretrained(tmp_path / "bert2bert")
+    hf = transformers.EncoderDecoderModel.from_pretrained(tmp_path / "bert2bert").eval()
+    assert type(hf.decoder).__name__ == "BertLMHeadModel" and hf.config.decoder_start_token_id == 2
+    ids, mask = source()
+    ids = ids.masked_fill(mask.eq(0), 0)  # BERT's padding id
+    decoder_ids = torch.randint(5, TINY["vocab_size"], (5, 4))
+    with torch.no_grad():
+        want = model(ids, mask, decoder_input_ids=decoder_ids).logits
+        got = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_a_plain_checkpoint_is_a_clear_error(tmp_path):

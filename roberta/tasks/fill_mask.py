@@ -107,7 +107,7 @@ class FillMaskTask(Task):
         for text, result in zip(items, results):
             print(short(text))
             for m, predictions in enumerate(_per_mask(result)):
-                print(f"  {f'<mask> #{m + 1}':10} {'score':>8}  {'token':15}  sequence")
+                print(f"  {f'mask #{m + 1}':10} {'score':>8}  {'token':15}  sequence")
                 for p in predictions:
                     print(
                         f"  {'':10} {p['score']:8.4f}  {p['token_str'].strip()!r:15}  {short(p['sequence'])}"
