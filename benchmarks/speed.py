@@ -22,9 +22,10 @@ Workloads (fixed seeds; ids are random tokens between <s> ... </s>, right paddin
   ours `roberta.train.build_optimizer` (fused AdamW, decay except on biases and LayerNorm).
 Inference runs under torch.inference_mode; training in train mode with dropout as configured.
 
-The limit. The `limit-fp32` and `limit-int8` columns are not engines: they run only the layers'
-GEMMs (QKV, Wᴼ, FFN in and out, with our model's weights) on each batch's real tokens, in fp32
-through torch's default path and through our int8 kernel (roberta/quantize.py), taking their turn
+The limit. The `limit-fp32`, `limit-int8` (and, beside ours-bf16, `limit-bf16`) columns are not
+engines: they run only the layers' GEMMs (QKV, Wᴼ, FFN in and out, with our model's weights) on
+each batch's real tokens, in fp32 and bf16 through torch's default path and through our int8 kernel
+(roberta/quantize.py), taking their turn
 with the engines so that they see the same share of the CPU. Adding attention's FLOPs (QKᵀ and AV
 per sequence, about 1% of A's and 3% of B's) at the fp32 rate they measured gives the GEMM-bound
 limit of A and B, and the "% of the ... GEMM limit" rows each engine's share of it: 100% would be
@@ -323,7 +324,7 @@ def write_placeholder_vocabulary(folder: Path, vocab_size: int) -> None:
 
 # ---- the limit: the model's own GEMMs alone, timed as if an engine ------------------------------
 
-LIMITS = ("limit-fp32", "limit-int8")
+LIMITS = ("limit-fp32", "limit-int8", "limit-bf16")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
@@ -346,12 +347,13 @@ def limit_fn(engine: str, folder: Path):
     matmuls with our model's weights, in fp32 (torch's default path) or through our int8 kernel
     (`Int8Linear.matmul`, the channel scale included), on random inputs; no bias, activation,
     normalisation, attention or copy. Its time is the floor the engines' time is compared with."""
-    model = load_torch("ours" if engine == "limit-fp32" else "ours-int8", "encoder", folder, "cpu")
+    model = load_torch({"limit-fp32": "ours"}.get(engine, "ours-" + engine[6:]), "encoder", folder, "cpu")
     config, rows = model.config, 32 * model.config.max_length  # A's batches hold at most 32 sequences
     linears = [(x.attn.qkv, x.attn.out, x.ffn.fc1, x.ffn.fc2) for x in model.encoder.layers]
     C, F_ = config.hidden_size, config.intermediate_size
-    if engine == "limit-fp32":
-        x, h = torch.randn(rows, C), torch.randn(rows, F_)
+    if engine in ("limit-fp32", "limit-bf16"):
+        dtype = torch.bfloat16 if engine == "limit-bf16" else torch.float32
+        x, h = torch.randn(rows, C, dtype=dtype), torch.randn(rows, F_, dtype=dtype)
         matmul = lambda linear, src: F.linear(src, linear.weight)  # noqa: E731
     else:
         x, h = (torch.randint(-127, 128, (rows, k), dtype=torch.int8) for k in (C, F_))
@@ -384,7 +386,7 @@ def add_limits(res: dict[str, dict], config: RobertaConfig, lengths: dict[str, l
             res[limit][key] = sum(n) / total if w == "A" else 1e3 * total
             res[limit].pop(f"{key}_cpu", None)
             for e in res:
-                if e not in LIMITS and key in res[e] and (limit == "limit-fp32" or "int8" in e):
+                if e not in LIMITS and key in res[e] and (limit == "limit-fp32" or limit[6:] in e):
                     ratio = res[e][key] / res[limit][key] if w == "A" else res[limit][key] / res[e][key]
                     res[e][f"pct_{limit[6:]}_{key}"] = ratio
 
@@ -653,7 +655,8 @@ def save_reference(config: RobertaConfig, folder: Path) -> Path:
 def engines_here(args, features: frozenset[str]) -> list[str]:
     """--engines if given; else ours and transformers always, the others when they make sense here
     and are installed; then the limits (CPU, fp32). ours-bf16 only where the CPU has bf16 matmuls
-    (AMX, AVX512_BF16): elsewhere bf16 is emulated, many times slower (the GEMM lines say how much)."""
+    (AMX, AVX512_BF16; with --quick only AMX): elsewhere bf16 is emulated, many times slower (the
+    GEMM lines say how much)."""
     import importlib.util
 
     from roberta.quantize import BF16_FLAGS
@@ -663,8 +666,10 @@ def engines_here(args, features: frozenset[str]) -> list[str]:
         return [e for e in args.engines if cpu or e not in LIMITS]
     names = list(TRAINABLE)
     if cpu and args.dtype == "fp32":
-        native_bf16 = bool(features & set(BF16_FLAGS))
-        names += ["ours-int8"] if args.quick or not native_bf16 else ["ours-bf16", "ours-int8"]
+        # --quick keeps bf16 where it is the fast path (AMX tiles), not where it only is native
+        bf16 = "amx_bf16" in features if args.quick else bool(features & set(BF16_FLAGS))
+        names += ["ours-bf16", "ours-int8"] if bf16 else ["ours-int8"]
+    limits = [e for e in LIMITS if e != "limit-bf16" or "ours-bf16" in names]
     if cpu and importlib.util.find_spec("onnxruntime"):
         names.append("onnxruntime")
     if cpu and importlib.util.find_spec("openvino"):
@@ -672,7 +677,7 @@ def engines_here(args, features: frozenset[str]) -> list[str]:
     if importlib.util.find_spec("ctranslate2"):
         names += ["ctranslate2", "ctranslate2-int8"] if cpu else ["ctranslate2"]
     if cpu and args.dtype == "fp32":
-        names += LIMITS
+        names += limits
     return names
 
 
@@ -731,9 +736,11 @@ ROWS = [  # key, label, how the ratio column reads it
     ("A", "A inference, real tokens/s", "faster"),
     ("pct_fp32_A", "A % of the fp32 GEMM limit", None),
     ("pct_int8_A", "A % of the int8 GEMM limit", None),
+    ("pct_bf16_A", "A % of the bf16 GEMM limit", None),
     ("B", "B 8x128 batch, ms", "shorter"),
     ("pct_fp32_B", "B % of the fp32 GEMM limit", None),
     ("pct_int8_B", "B % of the int8 GEMM limit", None),
+    ("pct_bf16_B", "B % of the bf16 GEMM limit", None),
     ("C", "C fine-tune step, real tokens/s", "faster"),
     ("D", "D MLM step, tokens/s", "faster"),
     ("mfu_D", "D model-FLOPs utilisation", None),
