@@ -13,11 +13,16 @@ The scheme is symmetric, dynamic and per row on both sides:
 - each input row (token), at every call: scaled by its own absmax to int8 in [-127, 127];
 - y = (x_q @ W_qᵀ) summed exactly in int32, times the row's scale times the channel's scale, plus
   the fp32 bias.
-The int8 GEMM is the CPU's (`int8_kernel`): with VNNI or AMX, `torch._int_mm` and Q = 127; without
-them (AVX2 only) torch._int_mm has no fast kernel, and oneDNN's (`torch.ops.onednn.qlinear_*`, a
-prepacked weight, the channel scale applied in the kernel) multiplies u8 by s8 in pairs summed in
-int16 (vpmaddubsw), which saturates unless |w| <= 63: so Q = 63 there (7-bit weights), and the
-sums stay exact. The benchmark's GEMM line gives both rates against fp32.
+The int8 GEMM is the CPU's (`int8_kernel`, chosen from its flags):
+- AMX (`amx_int8`): oneDNN's (`torch.ops.onednn.qlinear_*`, a prepacked weight, the channel scale
+  applied in the kernel) on the tile unit, which sums s8 x s8 products in int32: Q = 127
+  ("onednn-amx"; faster than torch._int_mm there, whose int8 kernel does not use the tiles);
+- VNNI without AMX: `torch._int_mm` and Q = 127 ("int_mm");
+- AVX2 only: torch._int_mm has no fast kernel there, and oneDNN multiplies u8 by s8 in pairs summed
+  in int16 (vpmaddubsw), which saturates unless |w| <= 63: so Q = 63 ("onednn", 7-bit weights),
+  and the sums stay exact.
+`python benchmarks/int8_kernels.py` times the three against fp32 on the running CPU; the speed
+benchmark's GEMM line gives the chosen one's rate.
 Per-token scales keep one outlier token from costing every other token its precision.
 
 Results differ from fp32: benchmarks/speed.py prints the largest difference in the final hidden
@@ -54,10 +59,16 @@ def cpu_features() -> frozenset[str]:
     return frozenset(line.partition(":")[2].split())
 
 
+KERNEL_QMAX = {"onednn-amx": 127, "int_mm": 127, "onednn": 63}  # the kernels and their weights' range
+
+
 def int8_kernel() -> str:
-    """The int8 GEMM used here: "int_mm" (torch._int_mm) where the CPU has VNNI or AMX, else
-    "onednn" (7-bit weights, see the module docstring)."""
-    return "int_mm" if cpu_features() & {"avx512_vnni", "avx_vnni", "amx_int8"} else "onednn"
+    """The int8 GEMM used here: "onednn-amx" where the CPU has AMX tiles, "int_mm" (torch._int_mm)
+    where it has VNNI, else "onednn" (7-bit weights, see the module docstring)."""
+    features = cpu_features()
+    if "amx_int8" in features:
+        return "onednn-amx"
+    return "int_mm" if features & {"avx512_vnni", "avx_vnni"} else "onednn"
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +83,7 @@ class Int8Linear(nn.Module):
     """y = x Wᵀ + b with W and each row of x in int8 (see the module docstring).
 
     weight: (out, in) int8 in [-qmax, qmax]; scale: (out,) fp32, W ≈ weight * scale[:, None];
-    bias: (out,) or None. kernel: "int_mm" or "onednn" (`int8_kernel`).
+    bias: (out,) or None. kernel: one of KERNEL_QMAX (`int8_kernel`).
     """
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, kernel: str):
@@ -90,7 +101,9 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, kernel: str | None = None) -> Int8Linear:
         kernel = kernel or int8_kernel()
-        qmax = 127 if kernel == "int_mm" else 63
+        if kernel not in KERNEL_QMAX:
+            raise ValueError(f"unknown int8 kernel {kernel!r}: use one of {', '.join(KERNEL_QMAX)}")
+        qmax = KERNEL_QMAX[kernel]
         w = linear.weight.detach().float()  # (out, in)
         scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / qmax  # (out,)
         weight = torch.round(w / scale[:, None]).to(torch.int8)  # (out, in)

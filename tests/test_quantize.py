@@ -18,7 +18,7 @@ from torch import nn
 from roberta import RobertaForSequenceClassification
 from roberta.model import RobertaModel
 from roberta.predict import load_for_inference
-from roberta.quantize import Int8Linear, quantize_int8
+from roberta.quantize import KERNEL_QMAX, Int8Linear, cpu_features, quantize_int8
 from tests.test_packing import TOL, batch, padded_forward, tiny_config
 
 
@@ -35,13 +35,20 @@ def reference(linear: Int8Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kernel", ["int_mm", "onednn"])  # both run on any x86 CPU, fast or not
+def kernels() -> list:
+    """int_mm and onednn run on any x86 CPU, fast or not; onednn-amx's 8-bit weights are exact only
+    on AMX tiles (elsewhere oneDNN may sum pairs in int16)."""
+    amx = pytest.mark.skipif("amx_int8" not in cpu_features(), reason="this CPU has no AMX (amx_int8)")
+    return ["int_mm", "onednn", pytest.param("onednn-amx", marks=amx)]
+
+
+@pytest.mark.parametrize("kernel", kernels())
 @pytest.mark.parametrize("bias", [True, False])
 def test_int8_linear_is_the_integer_arithmetic_it_claims(bias, kernel):
     torch.manual_seed(0)
     fp32 = nn.Linear(48, 40, bias=bias)
     q = Int8Linear.from_linear(fp32, kernel)
-    qmax = 127 if kernel == "int_mm" else 63  # oneDNN without VNNI sums pairs in int16: 7-bit weights
+    qmax = KERNEL_QMAX[kernel]  # 63 for oneDNN without VNNI, which sums pairs in int16: 7-bit weights
     assert q.weight.dtype == torch.int8 and q.weight.abs().max() == qmax  # each channel's absmax -> qmax
     assert (
         q.weight.double() * q.scale.double()[:, None] - fp32.weight.double()
@@ -60,15 +67,21 @@ def test_int8_linear_is_the_integer_arithmetic_it_claims(bias, kernel):
 
 
 @torch.no_grad()
-def test_int8_sums_are_exact_at_full_range():
+@pytest.mark.parametrize("kernel", kernels())
+def test_int8_sums_are_exact_at_full_range(kernel):
     """The worst case for a kernel that sums pairs in int16: every input and weight at its limit."""
     torch.manual_seed(1)
-    for kernel, qmax in (("int_mm", 127), ("onednn", 63)):
-        q = Int8Linear.from_linear(nn.Linear(64, 32, bias=False), kernel)
-        q.weight.copy_(torch.randint(0, 2, q.weight.shape) * 2 * qmax - qmax)  # +-qmax
-        x_q = (torch.randint(0, 2, (24, 64)) * 254 - 127).to(torch.int8)  # +-127
-        exact = (x_q.double() @ q.weight.double().t()) * q.scale.double()
-        torch.testing.assert_close(q.matmul(x_q).double(), exact, rtol=1e-6, atol=0)
+    qmax = KERNEL_QMAX[kernel]
+    q = Int8Linear.from_linear(nn.Linear(64, 32, bias=False), kernel)
+    q.weight.copy_(torch.randint(0, 2, q.weight.shape) * 2 * qmax - qmax)  # +-qmax
+    x_q = (torch.randint(0, 2, (24, 64)) * 254 - 127).to(torch.int8)  # +-127
+    exact = (x_q.double() @ q.weight.double().t()) * q.scale.double()
+    torch.testing.assert_close(q.matmul(x_q).double(), exact, rtol=1e-6, atol=0)
+    same_sign = torch.full((24, 64), 127, dtype=torch.int8)  # every pair at +127 * +qmax: the int16 edge
+    q = Int8Linear.from_linear(nn.Linear(64, 32, bias=False), kernel)  # a fresh one: oneDNN packs once
+    q.weight.fill_(qmax)
+    exact = (same_sign.double() @ q.weight.double().t()) * q.scale.double()
+    torch.testing.assert_close(q.matmul(same_sign).double(), exact, rtol=1e-6, atol=0)
 
 
 @pytest.fixture(scope="module")
