@@ -66,7 +66,9 @@ def main() -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
     args = p.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():  # refused before any work
-        sys.exit(f"compile.py: --device {args.device} needs a GPU, and torch {torch.__version__} sees none here")
+        sys.exit(
+            f"compile.py: --device {args.device} needs a GPU, and torch {torch.__version__} sees none here"
+        )
     args.quick = False
     torch.manual_seed(0)
     config = speed.preset(args.config)

@@ -257,6 +257,7 @@ def test_max_minutes_leaves_room_for_the_final_evaluation(tmp_path):
     last_step = [r["elapsed_s"] for r in T.read_metrics(tmp_path) if "loss" in r][-1]
     assert last_step + 0.5 <= 3.0 + 0.3  # the final evaluation ends by the cap (a step's slack)
 
+
 def test_a_resume_whose_time_cap_is_used_up_says_so(tmp_path):
     """max_minutes counts the whole run: a resume with a cap the first start used up is an error, not 0 steps."""
     T.train(tiny_model(), tiny_source(), config(tmp_path, max_steps=10_000, max_minutes=0.01))
