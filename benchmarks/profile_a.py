@@ -1,14 +1,14 @@
 """Where ours spends workload A's time beyond the GEMMs: torch.profiler over A's batches, each op's
 time summed into a few kinds of work, beside the GEMM-bound limit measured in the same run.
 
-The model is ours at roberta-base sizes with random weights (seed 0), fp32 or `--dtype int8`
-(roberta/quantize.py), on A's inputs (benchmarks/speed.py: lognormal lengths, batches of 32 in the
+The model is ours at roberta-base sizes with random weights (seed 0), fp32 (on oneDNN where it
+pays, roberta/onednn.py) or `--dtype int8` (roberta/quantize.py), on A's inputs (benchmarks/speed.py: lognormal lengths, batches of 32 in the
 drawn order, each padded to its longest; `--batches` of them). Each batch runs once unprofiled
 (warm-up), then once under the profiler; then, unprofiled, the forward and the same GEMMs alone
 (speed.py's `limit_fn`) take turns batch by batch, which says how far the forward is from its GEMMs.
 
 Kinds (the op names of the profile that fall in each are printed under the table):
-  GEMM               the projections and FFN matmuls (aten::addmm/mm, oneDNN's int8 qlinear)
+  GEMM               the projections and FFN matmuls (aten::addmm/mm, oneDNN's fp32 linear and int8 qlinear)
   attention          scaled_dot_product_attention and what it calls, per sequence
   bias/GELU/LayerNorm/residual   the elementwise passes around the GEMMs
   int8 (de)quantize  per-token absmax, scale, round, cast; the dequantize+bias addcmul
@@ -132,6 +132,7 @@ def main(argv=None) -> None:
     import tempfile
 
     from roberta.model import RobertaModel
+    from roberta.onednn import use_onednn
     from roberta.quantize import set_dtype
 
     config = speed.preset("base")
@@ -141,7 +142,9 @@ def main(argv=None) -> None:
         torch.manual_seed(0)
         RobertaModel(config).save_pretrained(folder)
         model = RobertaModel.from_pretrained(folder).eval()
-        model = set_dtype(model, torch.int8 if args.dtype == "int8" else None)
+        model = use_onednn(
+            set_dtype(model, torch.int8 if args.dtype == "int8" else None)
+        )  # as predictors load it
         wall, kinds, ops = profiled(model, data)
         limit = against_limit(model, f"limit-{args.dtype}", folder, data)
     real = sum(int(m.sum()) for _, m in data)

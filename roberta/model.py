@@ -195,10 +195,11 @@ class FeedForward(nn.Module):
     def __init__(self, config: RobertaConfig):
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = nn.GELU()  # exact (erf); roberta/onednn.py may fuse it into fc1 at inference
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class EncoderLayer(nn.Module):

@@ -157,10 +157,11 @@ def test_int8_is_for_inference_on_cpu_in_fp32(pair, tmp_path):
 
 
 def test_bf16_on_a_cpu_where_it_is_slower_warns_with_the_measured_rates(monkeypatch, tmp_path):
-    from roberta import quantize
+    from roberta import onednn, quantize
 
     model = RobertaModel(tiny_config())
     monkeypatch.setattr(quantize, "bf16_cpu_speed", lambda: (5.0, 50.0))  # (bf16, fp32) GFLOP/s
+    monkeypatch.setattr(onednn, "onednn_speedup", lambda: (1.0, 1.0))  # fp32 as fast either way
     with pytest.warns(
         UserWarning, match=r"slower than fp32: .* 5 GFLOP/s in bf16 against 50 in fp32 \(0.10x"
     ):

@@ -1,0 +1,120 @@
+"""fp32 on oneDNN (roberta/onednn.py), pinned to torch's plain path.
+
+The kernels are forced on here, whatever the probe says this CPU prefers, so that the path a
+predictor may take on another CPU is tested on every one: same numbers within 1e-5, same
+parameters and state_dict, and torch's path (which trains) wherever a gradient is needed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from roberta import RobertaForSequenceClassification
+from roberta.model import FeedForward, RobertaModel
+from roberta.onednn import OneDNNLinear, available, onednn_speedup, use_onednn
+from tests.test_packing import TOL, batch, tiny_config
+
+pytestmark = pytest.mark.skipif(not available(), reason="this torch has no oneDNN (mkldnn) linear")
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(7, 48), (3, 5, 48), (0, 48)])
+def test_linear_matches_torch(shape, bias, gelu):
+    torch.manual_seed(0)
+    plain = nn.Linear(48, 40, bias=bias)
+    fast = OneDNNLinear.from_linear(plain, gelu=gelu)
+    assert fast.weight is plain.weight and fast.bias is plain.bias  # shared, not copied
+    x = torch.randn(*shape)
+    with torch.inference_mode():
+        want = F.gelu(plain(x)) if gelu else plain(x)
+        got = fast(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
+
+
+def test_a_gradient_takes_torchs_path():
+    torch.manual_seed(0)
+    plain = nn.Linear(16, 8)
+    fast = OneDNNLinear.from_linear(copy.deepcopy(plain), gelu=True)
+    x = torch.randn(4, 16, requires_grad=True)
+    F.gelu(plain(x)).sum().backward()
+    want = x.grad.clone(), plain.weight.grad.clone()
+    x.grad = None
+    fast(x).sum().backward()
+    torch.testing.assert_close(x.grad, want[0])
+    torch.testing.assert_close(fast.weight.grad, want[1])
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[RobertaModel, RobertaModel]:
+    torch.manual_seed(0)
+    plain = RobertaModel(tiny_config()).eval()
+    return plain, use_onednn(copy.deepcopy(plain), plain=True, gelu=True)
+
+
+def test_every_layer_linear_is_prepared_and_the_state_dict_is_unchanged(models):
+    plain, fast = models
+    for layer in fast.encoder.layers:
+        assert isinstance(layer.ffn.fc1, OneDNNLinear) and layer.ffn.fc1.gelu
+        assert isinstance(layer.ffn.act, nn.Identity)
+        for linear in (layer.attn.qkv, layer.attn.out, layer.ffn.fc2):
+            assert isinstance(linear, OneDNNLinear) and not linear.gelu
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    for key, value in plain.state_dict().items():
+        assert torch.equal(fast.state_dict()[key], value)
+    assert use_onednn(fast, plain=True, gelu=True) is fast  # twice: no change
+    assert sum(isinstance(m, OneDNNLinear) for m in fast.modules()) == 4 * len(fast.encoder.layers)
+
+
+@pytest.mark.parametrize("lengths", [(11, 4, 7, 1, 11), (9, 9)])  # packed (padding) and padded-free
+def test_the_model_matches_the_plain_path(models, lengths):
+    plain, fast = models
+    ids, mask = batch(lengths)
+    with torch.inference_mode():
+        want, got = plain(ids, mask).last_hidden_state, fast(ids, mask).last_hidden_state
+    real = mask.bool()
+    torch.testing.assert_close(got[real], want[real], rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("plain_on, gelu_on", [(True, False), (False, True), (False, False)])
+def test_each_choice_is_applied_alone(plain_on, gelu_on):
+    model = use_onednn(RobertaModel(tiny_config()), plain=plain_on, gelu=gelu_on)
+    ffn: FeedForward = model.encoder.layers[0].ffn
+    assert isinstance(ffn.fc1, OneDNNLinear) == (plain_on or gelu_on)
+    assert (isinstance(ffn.fc1, OneDNNLinear) and ffn.fc1.gelu) == gelu_on
+    assert isinstance(ffn.act, nn.Identity) == gelu_on
+    assert isinstance(model.encoder.layers[0].attn.out, OneDNNLinear) == plain_on
+
+
+def test_not_fp32_on_the_cpu_is_left_alone():
+    model = RobertaModel(tiny_config()).to(torch.bfloat16)
+    use_onednn(model, plain=True, gelu=True)
+    assert not any(isinstance(m, OneDNNLinear) for m in model.modules())
+
+
+def test_a_prepared_classifier_still_trains_as_the_plain_one():
+    torch.manual_seed(0)
+    plain = RobertaForSequenceClassification(tiny_config(num_labels=2)).train()
+    fast = use_onednn(copy.deepcopy(plain), plain=True, gelu=True).train()
+    ids, mask = batch()
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    losses = []
+    for model in (plain, fast):
+        torch.manual_seed(1)  # the same dropout
+        loss = model(ids, mask, labels=labels).loss
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1])
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_the_probe_measures_both_kernels():
+    plain, gelu = onednn_speedup()
+    assert plain > 0 and gelu > 0  # a ratio of two measured times, whichever is faster here
