@@ -4,7 +4,9 @@
 with VNNI, oneDNN with 7-bit weights on AVX2 only). This times each of them, and fp32 `F.linear`,
 at roberta-base's projection shapes (A's largest batch of real tokens and one 128-token sequence),
 the median of 7 calls each, and checks each kernel's result against exact integer arithmetic. A kernel whose
-weight range this CPU cannot sum exactly (onednn-amx without AMX) is timed but marked "inexact".
+weight range this CPU cannot sum exactly (onednn-amx without AMX) is timed but marked "inexact";
+one that takes seconds (oneDNN without a fast int8 kernel for this CPU: seen on an AMD EPYC) is
+timed once.
 
     python benchmarks/int8_kernels.py              # seconds; --threads N
 """
@@ -30,14 +32,23 @@ SHAPES = [  # (tokens, in, out): QKV, Wᴼ, FFN in, FFN out
 ROUNDS = 7
 
 
-def median_s(fn, *args, rounds: int = ROUNDS) -> float:
-    fn(*args)  # warm-up: oneDNN packs its weight at the first call
+SLOW_S = 0.5  # a first call slower than this is a reference (unvectorised) kernel: timed once
+
+
+def median_s(fn, *args, rounds: int = ROUNDS) -> tuple[float, object]:
+    """(median seconds of `rounds` calls after a warm-up, the last result); where the warm-up
+    alone takes over SLOW_S, its time (oneDNN without a fast int8 kernel for this CPU: seconds)."""
+    t = time.perf_counter()
+    out = fn(*args)  # warm-up: oneDNN packs its weight at the first call
+    first = time.perf_counter() - t
+    if first > SLOW_S:
+        return first, out
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
-        fn(*args)
+        out = fn(*args)
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(times), out
 
 
 def main() -> None:
@@ -55,15 +66,17 @@ def main() -> None:
         x, linear = torch.randn(m, k), torch.nn.Linear(k, n, bias=False)
         x_q, _ = quantize_rows(x)
         flops = 2 * m * k * n
-        fp32 = flops / median_s(F.linear, x, linear.weight) / 1e9
+        fp32 = flops / median_s(F.linear, x, linear.weight)[0] / 1e9
         row = [f"{f'{m} x {k} x {n}':>18}", f"{fp32:13.0f}"]
         for kernel in KERNEL_QMAX:
             q = Int8Linear.from_linear(linear, kernel)
-            rate = flops / median_s(q.matmul, x_q) / 1e9
+            seconds, y = median_s(q.matmul, x_q)
+            rate = flops / seconds / 1e9
             exact = (x_q.double() @ q.weight.double().t()) * q.scale.double()
-            ok = torch.allclose(q.matmul(x_q).double(), exact, rtol=1e-6, atol=0)
-            row.append(f"{rate:9.0f}{'' if ok else ' inexact':>8}")
-        print(" ".join(row))
+            ok = torch.allclose(y.double(), exact, rtol=1e-6, atol=0)
+            row.append(f"{rate:9.1f}" if rate < 10 else f"{rate:9.0f}")
+            row[-1] += f"{'' if ok else ' inexact':>8}"
+        print(" ".join(row), flush=True)
 
 
 if __name__ == "__main__":
