@@ -948,8 +948,6 @@ class Server:
 
     async def answer(self, route: Route, fields: dict, request) -> Any:
         """The reply to one request: its body checked, tokens counted, batched, answered."""
-        from fastapi.responses import JSONResponse
-
         start = time.perf_counter()
         openai = route.path.startswith("/v1/")
         try:
@@ -976,9 +974,9 @@ class Server:
                 headers = timing_headers(start, tokenized, None, tokens)
         except ServeError as e:
             request.scope["roberta.error"] = e.kind
-            return JSONResponse(error_body(e.kind, e.message, openai), status_code=e.status)
+            return json_response(error_body(e.kind, e.message, openai), status_code=e.status)
         # a Response as it is: FastAPI's generic encoder would walk every float of an embedding
-        return JSONResponse(body, headers=headers)
+        return json_response(body, headers=headers)
 
     def check_size(self, call: Call, direction: str, worker: Worker) -> None:
         if not call.items:
@@ -1014,6 +1012,17 @@ class Server:
         self.metrics.queue.labels(model=worker.name).observe(job.started - job.queued)
         self.metrics.inference.labels(model=worker.name).observe(job.finished - job.started)
         return results
+
+
+def json_response(body: Any, status_code: int = 200, headers: dict[str, str] | None = None):
+    """`body` as a JSON reply, written by pydantic's serializer (in Rust; FastAPI's own
+    dependency): a 768-float embedding takes tens of microseconds where json.dumps takes hundreds.
+    NaN and infinities are written as null, as TEI writes them, not as invalid JSON."""
+    import pydantic_core
+    from fastapi.responses import Response
+
+    content = pydantic_core.to_json(body, inf_nan_mode="null")
+    return Response(content, status_code=status_code, headers=headers, media_type="application/json")
 
 
 def timing_headers(start: float, tokenized: float, job: Job | None, tokens: int) -> dict[str, str]:
@@ -1135,10 +1144,9 @@ def add_route(app, server: Server, route: Route, Request) -> None:
 def add_error_handlers(app) -> None:
     """Malformed bodies: 422 with one line naming each field at fault, in the error body's shape."""
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_body(request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_body(request, exc: RequestValidationError):
         # FastAPI's own answer echoes the input, and a lone surrogate cannot be written as UTF-8
         message = not_unicode(exc.body) or "; ".join(
             f"{'.'.join(str(part) for part in e['loc'] if part != 'body') or 'the body'}: {e['msg']}"
@@ -1146,7 +1154,7 @@ def add_error_handlers(app) -> None:
         )
         request.scope["roberta.error"] = "validation"
         openai = request.url.path.startswith("/v1/")
-        return JSONResponse(error_body("validation", message, openai), status_code=422)
+        return json_response(error_body("validation", message, openai), status_code=422)
 
 
 def model_dtype(model: torch.nn.Module) -> str:

@@ -34,7 +34,7 @@ from roberta.heads import (  # noqa: E402
     RobertaForTokenClassification,
 )
 from roberta.seq2seq import EncoderDecoder  # noqa: E402
-from roberta.serve import Batcher, Served, ServeError, Settings, build_app, cut_left  # noqa: E402
+from roberta.serve import Batcher, Served, ServeError, Settings, build_app, cut_left, json_response  # noqa: E402
 from roberta.tasks import TASKS, Classifier, Embedder, FillMask, QuestionAnswerer, Tagger, task_of  # noqa: E402
 from roberta.tokenizer import Tokenizer  # noqa: E402
 
@@ -779,3 +779,12 @@ def test_serve_with_an_unknown_task_is_one_clear_line(checkpoints, capsys):
         "unknown task 'summarize'; choose one of fill-mask, classify, ner, qa, multiple-choice, embed, translate"
         in capsys.readouterr().err
     )
+
+
+def test_replies_are_json_with_nan_as_null_and_text_unescaped():
+    reply = json_response({"outputs": [0.5, float("nan"), float("inf")], "label": "café"}, 201, {"x-a": "1"})
+    assert reply.status_code == 201 and reply.headers["x-a"] == "1"
+    assert reply.headers["content-type"] == "application/json"
+    assert json.loads(reply.body) == {"outputs": [0.5, None, None], "label": "café"}
+    vector = torch.randn(768, generator=torch.Generator().manual_seed(0)).tolist()
+    assert json.loads(json_response(vector).body) == vector  # every float round-trips exactly
