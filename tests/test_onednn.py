@@ -16,7 +16,7 @@ from torch import nn
 
 from roberta import RobertaForSequenceClassification
 from roberta.model import FeedForward, RobertaModel
-from roberta.onednn import OneDNNLinear, available, onednn_speedup, use_onednn
+from roberta.onednn import ROW_STEP, OneDNNLinear, available, onednn_speedup, padded_rows, use_onednn
 from tests.test_packing import TOL, batch, tiny_config
 
 pytestmark = pytest.mark.skipif(not available(), reason="this torch has no oneDNN (mkldnn) linear")
@@ -118,3 +118,12 @@ def test_a_prepared_classifier_still_trains_as_the_plain_one():
 def test_the_probe_measures_both_kernels():
     plain, gelu = onednn_speedup()
     assert plain > 0 and gelu > 0  # a ratio of two measured times, whichever is faster here
+
+
+def test_row_counts_are_rounded_to_few_shapes():
+    """oneDNN caches a kernel per shape: a server's varied batches must map to a bounded set."""
+    sizes = [padded_rows(m) for m in range(1, 16385)]
+    assert all(m <= p < m + 4 * ROW_STEP for m, p in zip(range(1, 16385), sizes))
+    assert all(p - m < ROW_STEP for m, p in zip(range(1, 4097), sizes))  # small batches waste < 32 rows
+    assert len(set(sizes)) == 4096 // ROW_STEP + (16384 - 4096) // (4 * ROW_STEP)
+    assert padded_rows(0) == 0
