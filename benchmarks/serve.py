@@ -30,7 +30,7 @@ A server's peak RSS (VmHWM) is read from /proc at the end of its phase. The outp
 the CPU, the load average before and after, and how many cores other work used meanwhile (/proc/stat
 less this run's own CPU time): other work on the machine lowers the figures.
 
-    python benchmarks/serve.py --peer-python /work/peer-venv/bin/python   # ~11 min on 2 shared cores
+    python benchmarks/serve.py --peer-python /work/peer-venv/bin/python   # 2 min on 2 idle cores, ~11 on busy ones
     python benchmarks/serve.py --requests 128 --load-requests 256 --flood-clients 128   # quick, no peer
 
 The peer lives in its own venv: its pins (numpy<2, transformers<=5.0, uvicorn<0.33, click<8.2,
