@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "heads",
             "seq2seq",
             "quantize",
+            "onednn",
             "metrics",
             "train",
             "pretrain",
