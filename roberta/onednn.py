@@ -43,7 +43,8 @@ def padded_rows(rows: int) -> int:
 
 class OneDNNLinear(nn.Linear):
     """nn.Linear, and with `gelu` the GELU after it, through oneDNN's fp32 kernel at inference
-    (no gradient needed, fp32 on the CPU); torch's F.linear (then F.gelu) otherwise."""
+    (no gradient needed, fp32 on the CPU, eager); torch's F.linear (then F.gelu) otherwise, which
+    is also what torch.compile, ONNX export and tracing see."""
 
     gelu: bool = False
 
@@ -58,6 +59,7 @@ class OneDNNLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fast = x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
+        fast = fast and not (torch.compiler.is_compiling() or torch.jit.is_tracing())  # graphs: torch's ops
         if fast and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
             *lead, k = x.shape
             rows = x.reshape(-1, k)  # (M, in)

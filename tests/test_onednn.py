@@ -127,3 +127,25 @@ def test_row_counts_are_rounded_to_few_shapes():
     assert all(p - m < ROW_STEP for m, p in zip(range(1, 4097), sizes))  # small batches waste < 32 rows
     assert len(set(sizes)) == 4096 // ROW_STEP + (16384 - 4096) // (4 * ROW_STEP)
     assert padded_rows(0) == 0
+
+
+def test_a_prepared_model_traces_as_the_plain_one(models):
+    """Graphs see torch's ops: a predictor's model can be traced (or exported) as it is."""
+
+    class Hidden(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids, mask):
+            return self.model(ids, mask).last_hidden_state
+
+    plain, fast = models
+    ids, mask = batch((9, 9))
+    with torch.no_grad():
+        want = plain(ids, mask).last_hidden_state
+        traced = torch.jit.trace(Hidden(fast), (ids, mask), check_trace=False)
+        got = traced(ids, mask)
+    graph = str(traced.inlined_graph)
+    assert "mkldnn" not in graph and "aten::linear" in graph
+    torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
