@@ -82,8 +82,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from roberta import onednn  # noqa: E402
 from roberta.config import RobertaConfig  # noqa: E402
-from roberta.onednn import MIN_SPEEDUP, onednn_speedup  # noqa: E402
 
 REFERENCE = "transformers-sdpa"
 TRAINABLE = ("transformers-sdpa", "ours", "transformers-eager")
@@ -158,14 +158,13 @@ def load_torch(engine: str, kind: str, folder: Path, device: str, num_labels: in
             "mlm": RobertaForMaskedLM,
         }
         extra = {"num_labels": num_labels} if kind == "classifier" else {}
-        from roberta.onednn import use_onednn
         from roberta.quantize import set_dtype
 
         dtype = {"ours-bf16": torch.bfloat16, "ours-int8": torch.int8}.get(engine)
         model = cls[kind].from_pretrained(folder, device=device, **extra)
         if dtype:
             return set_dtype(model, dtype)
-        return use_onednn(model) if kind == "encoder" else model  # inference as predictors load it
+        return onednn.use_onednn(model) if kind == "encoder" else model  # inference as predictors load it
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -359,8 +358,8 @@ def limit_fn(engine: str, folder: Path):
         dtype = torch.bfloat16 if engine == "limit-bf16" else torch.float32
         x, h = torch.randn(rows, C, dtype=dtype), torch.randn(rows, F_, dtype=dtype)
         matmul = lambda linear, src: F.linear(src, linear.weight)  # noqa: E731
-        if engine == "limit-fp32" and fp32_onednn_faster():  # the faster of torch's two fp32 GEMMs
-            matmul = lambda linear, src: onednn_matmul(src, linear.weight)  # noqa: E731
+        if engine == "limit-fp32" and onednn.onednn_speedup()[0] > 1.0:  # the faster of torch's fp32 GEMMs
+            matmul = lambda linear, src: onednn.linear(src, linear.weight)  # noqa: E731
     else:
         x, h = (torch.randint(-127, 128, (rows, k), dtype=torch.int8) for k in (C, F_))
         matmul = lambda linear, src: linear.matmul(src)  # noqa: E731
@@ -372,14 +371,6 @@ def limit_fn(engine: str, folder: Path):
                 matmul(linear, src[:n])
 
     return run
-
-
-def fp32_onednn_faster() -> bool:
-    return onednn_speedup()[0] > 1.0
-
-
-def onednn_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
 
 
 def add_limits(res: dict[str, dict], config: RobertaConfig, lengths: dict[str, list[int]]) -> None:
@@ -418,7 +409,7 @@ def machine() -> dict:
     return {
         "cpu": name, "cpu_count": os.cpu_count(), "flags": {f: f in cpu_features() for f in CPU_FLAGS},
         "torch_capability": torch.backends.cpu.get_cpu_capability(), "int8_kernel": int8_kernel(),
-        "onednn_speedup": list(onednn_speedup()),
+        "onednn_speedup": list(onednn.onednn_speedup()), "onednn_chosen": list(onednn.chosen()),
         "load_average_at_start": list(os.getloadavg()),
     }  # fmt: skip
 
@@ -442,7 +433,7 @@ def gemm_rates(config: RobertaConfig, rows: int, reps: int = 3) -> dict[str, dic
             )
             paths = {
                 "fp32": lambda x=x, lin=lin: F.linear(x, lin.weight),
-                "fp32-onednn": lambda x=x, lin=lin: onednn_matmul(x, lin.weight),
+                "fp32-onednn": lambda x=x, lin=lin: onednn.linear(x, lin.weight),
                 "bf16": lambda xb=xb, wb=wb: F.linear(xb, wb),
                 "int8": lambda q=q, x8=x8: q.matmul(x8),
             }  # fmt: skip
@@ -811,15 +802,14 @@ def header(report: dict) -> list[str]:
         flags = " ".join(f if has else f"no-{f}" for f, has in m["flags"].items())
         lines.append(f"CPU: {m['cpu']}, {m['cpu_count']} logical CPUs; flags: {flags}")
         lines.append(f"torch CPU capability {m['torch_capability']}; our int8 kernel: {m['int8_kernel']}")
-        if "onednn_speedup" in m:
-            plain, gelu = m["onednn_speedup"]
+        if "onednn_chosen" in m:
+            (plain, gelu), (use_plain, use_gelu) = m["onednn_speedup"], m["onednn_chosen"]
+            uses = "oneDNN for every layer linear" if use_plain else "torch's default"
+            uses += ", the GELU fused into FFN in" if use_gelu else ""
             lines.append(
-                f"fp32 linears (roberta/onednn.py): oneDNN {plain:.2f}x torch's default here, {gelu:.2f}x with the "
-                f"GELU fused (>= {MIN_SPEEDUP}: ours takes it): ours uses "
-                + ({(True, True): "oneDNN for every layer linear", (True, False): "oneDNN, GELU apart",
-                    (False, True): "torch's default, oneDNN for FFN in + GELU",
-                    (False, False): "torch's default"}[(plain >= MIN_SPEEDUP, gelu >= MIN_SPEEDUP)])
-            )  # fmt: skip
+                f"fp32 linears (roberta/onednn.py): oneDNN {plain:.2f}x torch's default here, {gelu:.2f}x with "
+                f"the GELU fused (>= {onednn.MIN_SPEEDUP}: ours takes it): ours uses {uses}"
+            )
     busy = " (busy: other work shares these cores, so read the ratios, not the absolute rates)"
     lines.append(
         f"load average at start (1/5/15 min): {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"

@@ -34,9 +34,9 @@ ROW_STEP = 32  # oneDNN's calls see row counts rounded up to a multiple of this 
 
 def padded_rows(rows: int) -> int:
     """`rows` rounded up so that oneDNN sees few distinct shapes. It builds and caches a kernel per
-    shape (about half a MiB each): a server's batches, every one a new number of tokens, would
-    otherwise grow its memory with each new size (measured: 1,009 MiB against torch's 568 after 300
-    varied batches of the built-in model; 569 rounded). Costs at most ROW_STEP - 1 rows of work."""
+    shape: a server's batches, every one a new number of tokens, would otherwise grow its memory
+    with each new size (`python benchmarks/onednn_memory.py`, output in benchmarks/results/).
+    Costs a copy of the input and at most ROW_STEP - 1 rows of work."""
     step = ROW_STEP if rows <= 4096 else 4 * ROW_STEP
     return -(-rows // step) * step
 
@@ -66,14 +66,19 @@ class OneDNNLinear(nn.Linear):
             m, padded = rows.shape[0], padded_rows(rows.shape[0])
             if padded != m:  # (padded, in): the real rows, then zeros
                 rows = torch.cat([rows, rows.new_zeros(padded - m, k)])
-            attr, algorithm = ("gelu", "none") if self.gelu else ("none", "")
-            y = torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, attr, [], algorithm)
+            y = linear(rows, self.weight, self.bias, self.gelu)  # (padded, out)
             return y[:m].view(*lead, self.out_features)  # (..., out)
         y = F.linear(x, self.weight, self.bias)
         return F.gelu(y) if self.gelu else y
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", gelu=True" if self.gelu else "")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False):
+    """oneDNN's fp32 x @ weightᵀ + bias, with the exact GELU applied in the kernel where `gelu`."""
+    attr, algorithm = ("gelu", "none") if gelu else ("none", "")
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
 
 
 def available() -> bool:
@@ -92,9 +97,9 @@ def onednn_speedup(rows: int = 256, dim: int = 768, hidden: int = 3072, reps: in
     w, b = torch.randn(hidden, dim, generator=generator) / dim**0.5, torch.zeros(hidden)
     candidates = {
         "torch": lambda: F.linear(x, w, b),
-        "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""),
+        "onednn": lambda: linear(x, w, b),
         "torch+gelu": lambda: F.gelu(F.linear(x, w, b)),
-        "onednn+gelu": lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none"),
+        "onednn+gelu": lambda: linear(x, w, b, gelu=True),
     }
     best = dict.fromkeys(candidates, float("inf"))
     with torch.inference_mode():
@@ -105,6 +110,13 @@ def onednn_speedup(rows: int = 256, dim: int = 768, hidden: int = 3072, reps: in
                 if rep:
                     best[name] = min(best[name], time.perf_counter() - start)
     return best["torch"] / best["onednn"], best["torch+gelu"] / best["onednn+gelu"]
+
+
+def chosen() -> tuple[bool, bool]:
+    """(plain, gelu): whether `use_onednn` puts the layers' linears, and the FFN's first one with
+    its GELU, on oneDNN here (each measured at least MIN_SPEEDUP faster)."""
+    plain, gelu = onednn_speedup()
+    return plain >= MIN_SPEEDUP, gelu >= MIN_SPEEDUP
 
 
 def use_onednn(model: nn.Module, plain: bool | None = None, gelu: bool | None = None) -> nn.Module:
@@ -122,9 +134,9 @@ def use_onednn(model: nn.Module, plain: bool | None = None, gelu: bool | None = 
     ):
         return model
     if plain is None or gelu is None:
-        speedup = onednn_speedup()
-        plain = speedup[0] >= MIN_SPEEDUP if plain is None else plain
-        gelu = speedup[1] >= MIN_SPEEDUP if gelu is None else gelu
+        measured = chosen()
+        plain = measured[0] if plain is None else plain
+        gelu = measured[1] if gelu is None else gelu
     for layer in [m for m in model.modules() if isinstance(m, EncoderLayer)]:
         for module in list(layer.modules()):
             if isinstance(module, FeedForward) and gelu and type(module.fc1) is nn.Linear:
