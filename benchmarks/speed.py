@@ -807,8 +807,8 @@ def header(report: dict) -> list[str]:
             uses = "oneDNN for every layer linear" if use_plain else "torch's default"
             uses += ", the GELU fused into FFN in" if use_gelu else ""
             lines.append(
-                f"fp32 linears (roberta/onednn.py): oneDNN {plain:.2f}x torch's default here, {gelu:.2f}x with "
-                f"the GELU fused (>= {onednn.MIN_SPEEDUP}: ours takes it): ours uses {uses}"
+                f"fp32 linears (roberta/onednn.py): oneDNN {plain:.2f}x torch's default here, the GELU fused "
+                f"{gelu:.2f}x the separate pass (>= {onednn.MIN_SPEEDUP}: ours takes it): ours uses {uses}"
             )
     busy = " (busy: other work shares these cores, so read the ratios, not the absolute rates)"
     lines.append(

@@ -6,9 +6,10 @@ torch multiplies an fp32 `nn.Linear` with its BLAS (MKL on x86), whose fastest c
 chosen for Intel CPUs; oneDNN, which torch also ships, has its own fp32 kernels for each SIMD level
 and can apply the GELU after the FFN's first matmul while the output is still in cache (a post-op),
 instead of in another pass over a (tokens, 3072) tensor. Which wins depends on the CPU, so it is
-measured, once per process, at roberta-base's FFN shape (`onednn_speedup`, interleaved, best of
-several): where oneDNN's plain matmul is at least `MIN_SPEEDUP` faster every Transformer layer's
-linears take it, and where its matmul with the GELU fused is, the FFN's first one does.
+measured, once per process, at roberta-base's FFN shape (`onednn_speedup`: the kernels back to
+back, the median of eight rounds' ratios): where oneDNN's plain matmul is at least `MIN_SPEEDUP`
+faster every Transformer layer's linears take it, and where its matmul with the GELU fused is that
+much faster than the matmul then the GELU, the FFN's first one fuses them.
 `python benchmarks/speed.py` prints both ratios in its header and times the result.
 
 Row counts are rounded up to a multiple of 32 (`padded_rows`), since oneDNN builds and caches a
@@ -22,7 +23,9 @@ takes torch's path as before, so a model prepared here still trains as it did.
 from __future__ import annotations
 
 import functools
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -86,35 +89,50 @@ def available() -> bool:
 
 
 @functools.cache
-def onednn_speedup(rows: int = 256, dim: int = 768, hidden: int = 3072, reps: int = 8) -> tuple[float, float]:
-    """(plain, with GELU): torch's default fp32 time over oneDNN's for a (rows, dim) @ (dim, hidden)
-    linear on this CPU, without and with the GELU after it; the two kernels take turns, best of
-    `reps` each, once per process (a few tenths of a second). (0, 0) where oneDNN is absent."""
+def onednn_speedup(
+    rows: int = 256, dim: int = 768, hidden: int = 3072, rounds: int = 8
+) -> tuple[float, float]:
+    """(plain, gelu) measured on this CPU at a (rows, dim) @ (dim, hidden) linear, once per process
+    (about a second): plain, torch's default fp32 time over oneDNN's; gelu, the time of the linear
+    then a separate GELU, on the kernel `plain` picks (oneDNN where plain >= MIN_SPEEDUP), over
+    oneDNN's with the GELU fused. Fused is not always faster: on an AVX2-only AMD EPYC oneDNN's
+    GELU post-op cost more than the separate pass.
+
+    Each round times the kernels back to back, in alternating order, and each figure is the median
+    of the rounds' ratios: on a shared machine whose speed changes from one tenth of a second to the
+    next, the kernels of a round see the same speed, and a round that does not is outvoted (a best
+    time per kernel, tried before, swung from 0.97 to 1.5 between processes on one CPU). (0, 0)
+    where oneDNN is absent."""
     if not available():
         return 0.0, 0.0
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, dim, generator=generator)
     w, b = torch.randn(hidden, dim, generator=generator) / dim**0.5, torch.zeros(hidden)
-    candidates = {
-        "torch": lambda: F.linear(x, w, b),
-        "onednn": lambda: linear(x, w, b),
-        "torch+gelu": lambda: F.gelu(F.linear(x, w, b)),
-        "onednn+gelu": lambda: linear(x, w, b, gelu=True),
-    }
-    best = dict.fromkeys(candidates, float("inf"))
-    with torch.inference_mode():
-        for rep in range(reps + 1):  # the first round warms up
-            for name, run in candidates.items():
+
+    def median_ratio(baseline: Callable[[], torch.Tensor], candidate: Callable[[], torch.Tensor]) -> float:
+        """The median over rounds of baseline's time / candidate's, the two back to back."""
+        ratios = []
+        for rnd in range(rounds + 1):  # the first round warms up
+            seconds = {}
+            for run in (baseline, candidate) if rnd % 2 else (candidate, baseline):
                 start = time.perf_counter()
                 run()
-                if rep:
-                    best[name] = min(best[name], time.perf_counter() - start)
-    return best["torch"] / best["onednn"], best["torch+gelu"] / best["onednn+gelu"]
+                seconds[run] = time.perf_counter() - start
+            if rnd:
+                ratios.append(seconds[baseline] / seconds[candidate])
+        return statistics.median(ratios)
+
+    with torch.inference_mode():
+        plain = median_ratio(lambda: F.linear(x, w, b), lambda: linear(x, w, b))
+        unfused = linear if plain >= MIN_SPEEDUP else F.linear
+        fused = median_ratio(lambda: F.gelu(unfused(x, w, b)), lambda: linear(x, w, b, gelu=True))
+    return plain, fused
 
 
 def chosen() -> tuple[bool, bool]:
-    """(plain, gelu): whether `use_onednn` puts the layers' linears, and the FFN's first one with
-    its GELU, on oneDNN here (each measured at least MIN_SPEEDUP faster)."""
+    """(plain, gelu): whether `use_onednn` puts the layers' linears on oneDNN here, and whether it
+    fuses the FFN's GELU into its first one (each measured at least MIN_SPEEDUP faster than the
+    alternative, `onednn_speedup`)."""
     plain, gelu = onednn_speedup()
     return plain >= MIN_SPEEDUP, gelu >= MIN_SPEEDUP
 
