@@ -101,8 +101,8 @@ def onednn_speedup(
     Each round times the kernels back to back, in alternating order, and each figure is the median
     of the rounds' ratios: on a shared machine whose speed changes from one tenth of a second to the
     next, the kernels of a round see the same speed, and a round that does not is outvoted (a best
-    time per kernel, tried before, swung from 0.97 to 1.5 between processes on one CPU). (0, 0)
-    where oneDNN is absent."""
+    time per kernel, tried before, picked the slower kernel in some processes on a shared CPU).
+    (0, 0) where oneDNN is absent."""
     if not available():
         return 0.0, 0.0
     generator = torch.Generator().manual_seed(0)
