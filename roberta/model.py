@@ -19,6 +19,7 @@ Checkpoint names differ from HF's; the mapping lives in checkpoint.py, never her
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -242,6 +243,10 @@ class EncoderOutput:
 
 
 class Encoder(nn.Module):
+    # N -> the row count the layers' linears want at inference, or None: set by roberta/onednn.py,
+    # whose kernels see rounded row counts; the packed batch then carries the extra rows (packing.py)
+    round_rows: Callable[[int], int] | None = None
+
     def __init__(self, config: RobertaConfig):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
@@ -273,7 +278,12 @@ class Encoder(nn.Module):
             )
         else:
             real = attention_mask.bool() if attention_mask is not None else None
-        packing = None if real is None or output_attentions or not fast else Packing.from_mask(real)
+        if real is None or output_attentions or not fast:
+            packing = None
+        else:  # rounded rows only where no gradient is needed: training takes torch's linears
+            fp32_cpu = x.device.type == "cpu" and x.dtype == torch.float32
+            rounding = self.round_rows if fp32_cpu and not torch.is_grad_enabled() else None
+            packing = Packing.from_mask(real, rounding)
         hidden, attentions = [x], []
         if packing is not None:
             x, mask = pack(x, packing), packing  # (N, C): real tokens + a slot per padded row

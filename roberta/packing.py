@@ -25,6 +25,12 @@ them as `subset_mask`; the last layer then computes keys and values at every row
 attention, Wᴼ, the FFN and the LayerNorms at those rows only (`Packing.rows_of`,
 `subset_attention`).
 
+Spare rows. A kernel may want the row count rounded (oneDNN's, roberta/onednn.py, builds a kernel
+per shape, so it sees multiples of 32): `Packing.from_mask(real, round_rows)` then adds `spare`
+zero rows after the packed ones, once per batch, instead of every linear copying its input into a
+rounded one. They belong to no sequence: attention gives them zeros, no key is one of them, and
+`unpack` and `rows_of` never read them.
+
 Every function here is pure and pinned to the padded path by tests/test_packing.py. Those that take a
 `Packing` stay out of `torch.compile` graphs (`eager`): their loops and sizes are Python ints that
 differ in every batch, which a graph would guard on and be recompiled for. The dense layers between
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +59,7 @@ class Packing:
     lengths: (B,) real tokens per sequence (Python ints: they size the per-sequence work).
     sizes: (B,) packed rows per sequence: its length, plus 1 when it has padding (the slot).
     batch_size, seq_len: B and T of the padded batch.
+    spare: zero rows after the N packed ones, which no sequence owns (see "Spare rows" above).
     """
 
     indices: torch.Tensor
@@ -59,11 +67,13 @@ class Packing:
     sizes: tuple[int, ...]
     batch_size: int
     seq_len: int
+    spare: int = 0
 
     @classmethod
     @eager
-    def from_mask(cls, real: torch.Tensor) -> Packing:
-        """real: (B, T) bool or 0/1, True = real token."""
+    def from_mask(cls, real: torch.Tensor, round_rows: Callable[[int], int] | None = None) -> Packing:
+        """real: (B, T) bool or 0/1, True = real token. round_rows: N -> the row count the layers'
+        kernels want (at least N); the difference becomes spare rows."""
         real = real.bool()
         B, T = real.shape
         padded = ~real.all(dim=1)  # (B,)
@@ -75,16 +85,21 @@ class Packing:
         order = rank[keep].argsort()
         indices = keep.flatten().nonzero().squeeze(1)[order]  # (N,)
         lengths = real.sum(dim=1)
-        return cls(indices, tuple(lengths.tolist()), tuple((lengths + padded).tolist()), B, T)
+        spare = round_rows(indices.numel()) - indices.numel() if round_rows is not None else 0
+        if spare < 0:
+            raise ValueError(
+                f"round_rows({indices.numel()}) = {indices.numel() + spare} is below the row count"
+            )
+        return cls(indices, tuple(lengths.tolist()), tuple((lengths + padded).tolist()), B, T, spare)
 
     @functools.cached_property
     def attention_plan(self) -> AttentionPlan:
         """Every packed row a query (`packed_attention`): the plan, made at the first layer."""
-        return make_plan(self.sizes, self, call_cost(self.indices.device), self.indices.device)
+        return make_plan(self.sizes, self, call_cost(self.indices.device), self.indices.device, self.spare)
 
     @property
     def num_rows(self) -> int:
-        """N: packed rows, real tokens plus slots."""
+        """N: packed rows, real tokens plus slots (the spare rows not counted)."""
         return int(self.indices.numel())
 
     @eager
@@ -121,15 +136,24 @@ def has_padding(attention_mask: torch.Tensor) -> bool:
 
 
 def pack(x: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """(B, T, ...) -> (N, ...): the packed rows, in `packing.indices` order."""
-    return x.flatten(0, 1).index_select(0, packing.indices)
+    """(B, T, ...) -> (N + spare, ...): the packed rows, in `packing.indices` order, then the spare
+    rows' zeros."""
+    flat = x.flatten(0, 1)
+    if not packing.spare:
+        return flat.index_select(0, packing.indices)
+    n = packing.num_rows
+    out = flat.new_empty(n + packing.spare, *flat.shape[1:])
+    torch.index_select(flat, 0, packing.indices, out=out[:n])
+    out[n:].zero_()
+    return out
 
 
 @eager
 def unpack(x: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """(N, ...) -> (B, T, ...): every packed row back in its place; each padding position of a
-    row gets the state of that row's slot."""
+    """(N + spare, ...) -> (B, T, ...): every packed row back in its place; each padding position
+    of a row gets the state of that row's slot."""
     B, T = packing.batch_size, packing.seq_len
+    x = x[: packing.num_rows]
     last = torch.tensor(packing.sizes, device=x.device).cumsum(0) - 1  # (B,) each sequence's last row
     fill = x.index_select(0, last.clamp(min=0)).repeat_interleave(T, dim=0)  # (B * T, ...)
     return fill.index_copy(0, packing.indices, x).view(B, T, *x.shape[1:])
@@ -164,11 +188,13 @@ class Group:
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    """How a batch's attention runs: `groups`, then `take` (M,), each query's row in the groups'
-    outputs concatenated, in query order. Made once per batch, used by every layer."""
+    """How a batch's attention runs: `groups`, then `take` (M + spare,), each query's row in the
+    groups' outputs concatenated, in query order, then the row of zeros after them for each spare
+    row. Made once per batch, used by every layer."""
 
     groups: tuple[Group, ...]
     take: torch.Tensor
+    spare: int = 0
 
 
 def plan_groups(cost: list[tuple[int, int]], call_cost: float, window: int = 64) -> list[list[int]]:
@@ -192,16 +218,17 @@ def plan_groups(cost: list[tuple[int, int]], call_cost: float, window: int = 64)
 
 
 def make_plan(
-    counts: tuple[int, ...], packing: Packing, call_cost: float, device: torch.device
+    counts: tuple[int, ...], packing: Packing, call_cost: float, device: torch.device, spare: int = 0
 ) -> AttentionPlan:
     """The plan for counts[i] queries of each sequence i (consecutive rows, sequence after
-    sequence) over its own real keys (the first lengths[i] of its sizes[i] packed rows)."""
+    sequence) over its own real keys (the first lengths[i] of its sizes[i] packed rows), and
+    `spare` rows of zeros after them."""
     lengths, sizes = packing.lengths, packing.sizes
     q_start = [0, *itertools.accumulate(counts)][:-1]
     k_start = [0, *itertools.accumulate(sizes)][:-1]
     order = sorted((i for i in range(len(counts)) if counts[i] > 0), key=lambda i: (lengths[i], counts[i]))
     split = plan_groups([(counts[i], max(lengths[i], 1)) for i in order], call_cost)
-    groups, take, offset = [], torch.empty(sum(counts), dtype=torch.long), 0
+    groups, take, offset = [], torch.empty(sum(counts) + spare, dtype=torch.long), 0
     for part in split:
         seqs = [order[k] for k in part]
         n_q, n_k = torch.tensor([counts[i] for i in seqs]), torch.tensor([lengths[i] for i in seqs])
@@ -216,7 +243,8 @@ def make_plan(
         mask = None if bool(real_k.all()) else real_k[:, None, None, :].to(device)
         groups.append(Group(q_rows.flatten().to(device), k_rows.flatten().to(device), mask, b, Q, S))
         offset += b * Q
-    return AttentionPlan(tuple(groups), take.to(device))
+    take[sum(counts) :] = offset  # the spare rows: the zero row after the groups' outputs
+    return AttentionPlan(tuple(groups), take.to(device), spare)
 
 
 def grouped_attention(
@@ -224,9 +252,12 @@ def grouped_attention(
 ) -> torch.Tensor:
     """q: (M, nh, hs) queries and kv: (N, 2, nh, hs) keys and values; or q: (N, 3, nh, hs) the packed
     rows' queries, keys and values and kv None (then every row is a query, and one gather per group
-    serves all three). One SDPA call per group of `plan`. Returns (M, nh * hs)."""
+    serves all three). One SDPA call per group of `plan`. Returns (M + plan.spare, nh * hs)."""
     nh, hs = q.shape[-2:]
-    out = q.new_empty(sum(g.b * g.Q for g in plan.groups), nh * hs)  # the groups' outputs, in turn
+    rows = sum(g.b * g.Q for g in plan.groups)
+    out = q.new_empty(rows + (1 if plan.spare else 0), nh * hs)  # the groups' outputs, in turn
+    if plan.spare:
+        out[rows].zero_()  # what the spare rows get
     offset = 0
     for g in plan.groups:
         if kv is None:  # a key's row is its query's: the first S of each sequence's Q rows
@@ -252,8 +283,9 @@ def call_cost(device: torch.device) -> float:
 def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(QKᵀ/√d_k)·V of each sequence over its own real keys, on packed rows.
 
-    qkv: (N, 3, nh, hs) queries, keys and values of the packed rows. Returns (N, nh * hs), the
-    heads concatenated. Equals SDPA on the padded batch with padding keys masked, at every row.
+    qkv: (N + spare, 3, nh, hs) queries, keys and values of the packed rows. Returns
+    (N + spare, nh * hs), the heads concatenated, zeros at the spare rows. Equals SDPA on the
+    padded batch with padding keys masked, at every row.
     Sequences of similar length share one SDPA call (`Packing.attention_plan`, made once per batch).
     """
     return grouped_attention(qkv, None, packing.attention_plan, dropout_p)

@@ -17,6 +17,7 @@ from torch import nn
 from roberta import RobertaForSequenceClassification
 from roberta.model import FeedForward, RobertaModel
 from roberta.onednn import ROW_STEP, OneDNNLinear, available, onednn_speedup, padded_rows, use_onednn
+from roberta.quantize import quantize_int8
 from tests.test_packing import TOL, batch, tiny_config
 
 pytestmark = pytest.mark.skipif(not available(), reason="this torch has no oneDNN (mkldnn) linear")
@@ -80,6 +81,24 @@ def test_the_model_matches_the_plain_path(models, lengths):
         want, got = plain(ids, mask).last_hidden_state, fast(ids, mask).last_hidden_state
     real = mask.bool()
     torch.testing.assert_close(got[real], want[real], rtol=TOL, atol=TOL)
+
+
+def test_a_packed_batch_reaches_the_linears_with_rounded_rows(models):
+    """The encoder adds the rounding rows once (packing.py's spare rows): no linear copies its input."""
+    plain, fast = models
+    assert fast.encoder.round_rows is padded_rows and plain.encoder.round_rows is None
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+             for m in fast.modules() if isinstance(m, OneDNNLinear)]  # fmt: skip
+    try:
+        with torch.inference_mode():
+            fast(*batch((11, 4, 7, 1, 11)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen and all(rows == 2 * ROW_STEP for rows in seen)  # 34 real tokens + 3 slots, rounded
+    quantize_int8(fast_copy := copy.deepcopy(fast))
+    assert fast_copy.encoder.round_rows is None  # int8 kernels take any row count
 
 
 @pytest.mark.parametrize("plain_on, gelu_on", [(True, False), (False, True), (False, False)])

@@ -157,6 +157,42 @@ def test_subset_attention_equals_masked_sdpa_at_its_rows():
     assert subset_attention(q[:0], kv, p, none).shape == (0, 32)
 
 
+def test_spare_rows_are_zeros_no_sequence_reads():
+    """round_rows adds zero rows after the packed ones: attention gives them zeros, every packed
+    row gets what it gets without them, and unpack ignores them."""
+    real = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0]])
+    plain, spare = Packing.from_mask(real), Packing.from_mask(real, round_rows=lambda n: 32)
+    assert (spare.num_rows, spare.spare) == (14, 18) and torch.equal(spare.indices, plain.indices)
+    x = torch.randn(4, 4, 3, 2, 8)  # (B, T, 3, nh, hs)
+    packed = pack(x, spare)
+    assert packed.shape == (32, 3, 2, 8) and torch.equal(packed[:14], pack(x, plain))
+    assert not packed[14:].any()
+    y = packed_attention(packed, spare)  # (32, 16)
+    assert y.shape == (32, 16) and not y[14:].any()
+    torch.testing.assert_close(y[:14], packed_attention(pack(x, plain), plain), rtol=0, atol=0)
+    assert torch.equal(unpack(y, spare), unpack(y[:14], plain))
+    with pytest.raises(ValueError, match="below the row count"):
+        Packing.from_mask(real, round_rows=lambda n: n - 1)
+
+
+@torch.no_grad()
+def test_an_encoder_that_rounds_rows_gives_the_same_numbers(model):
+    """Encoder.round_rows (set by roberta/onednn.py) changes no state, at any position, in any output."""
+    ids, mask = batch(left=(2,))
+    want = model(ids, mask, output_hidden_states=True)
+    subset = mask.bool() & (torch.arange(ids.shape[1]) % 3 == 0)
+    want_subset = model(ids, mask, subset_mask=subset).last_hidden_state
+    model.encoder.round_rows = lambda n: n + 29
+    try:
+        got = model(ids, mask, output_hidden_states=True)
+        got_subset = model(ids, mask, subset_mask=subset).last_hidden_state
+    finally:
+        model.encoder.round_rows = None
+    for a, b in zip(want.hidden_states, got.hidden_states):
+        torch.testing.assert_close(b, a, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(got_subset, want_subset, rtol=TOL, atol=TOL)
+
+
 # ---- the model ---------------------------------------------------------------------------------
 
 
