@@ -1,12 +1,12 @@
 """The int8 GEMM kernels `roberta.quantize` can use, timed against fp32 on the running CPU.
 
-`roberta.quantize.int8_kernel` picks one from the CPU's flags (oneDNN on AMX tiles, torch._int_mm
-with VNNI, oneDNN with 7-bit weights on AVX2 only). This times each of them, and fp32 `F.linear`,
+`roberta.quantize.int8_kernel` picks one from the CPU's flags (oneDNN on AMX tiles, oneDNN with u8
+inputs on VNNI, oneDNN with 7-bit weights on AVX2 only; torch._int_mm is timed beside them). This times each of them, and fp32 `F.linear`,
 at roberta-base's projection shapes (A's largest batch of real tokens and one 128-token sequence),
 the median of 7 calls each, and checks each kernel's result against exact integer arithmetic. A kernel whose
 weight range this CPU cannot sum exactly (onednn-amx without AMX) is timed but marked "inexact";
-one that takes seconds (oneDNN without a fast int8 kernel for this CPU: seen on an AMD EPYC) is
-timed once.
+one that takes seconds (oneDNN's s8-input kernels on an AMD EPYC with VNNI: its reference code) is
+timed once. Each kernel is timed on its own input (u8 for onednn-vnni, converted beforehand).
 
     python benchmarks/int8_kernels.py              # seconds; --threads N
 """
@@ -20,7 +20,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from roberta.quantize import KERNEL_QMAX, Int8Linear, cpu_features, int8_kernel, quantize_rows
+from roberta.quantize import (
+    KERNEL_QMAX,
+    U8_KERNELS,
+    Int8Linear,
+    cpu_features,
+    int8_kernel,
+    quantize_rows,
+    to_u8,
+)
 
 SHAPES = [  # (tokens, in, out): QKV, Wᴼ, FFN in, FFN out
     (1331, 768, 2304),
@@ -70,7 +78,7 @@ def main() -> None:
         row = [f"{f'{m} x {k} x {n}':>18}", f"{fp32:13.0f}"]
         for kernel in KERNEL_QMAX:
             q = Int8Linear.from_linear(linear, kernel)
-            seconds, y = median_s(q.matmul, x_q)
+            seconds, y = median_s(q.matmul, to_u8(x_q) if kernel in U8_KERNELS else x_q)  # its own input
             rate = flops / seconds / 1e9
             exact = (x_q.double() @ q.weight.double().t()) * q.scale.double()
             ok = torch.allclose(y.double(), exact, rtol=1e-6, atol=0)

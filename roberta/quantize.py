@@ -17,7 +17,11 @@ The int8 GEMM is the CPU's (`int8_kernel`, chosen from its flags):
 - AMX (`amx_int8`): oneDNN's (`torch.ops.onednn.qlinear_*`, a prepacked weight, the channel scale
   applied in the kernel) on the tile unit, which sums s8 x s8 products in int32: Q = 127
   ("onednn-amx"; faster than torch._int_mm there, whose int8 kernel does not use the tiles);
-- VNNI without AMX: `torch._int_mm` and Q = 127 ("int_mm");
+- VNNI without AMX: oneDNN's again, with the input rows shifted to u8 (x_q + 128, its zero point):
+  VNNI multiplies u8 by s8 and sums in int32, so Q = 127 and the sums are exact ("onednn-vnni").
+  Its output is fp32 with the channel scale applied, where torch._int_mm ("int_mm", kept for
+  comparison) returns int32 sums that cost two more passes (to fp32, times the scale); oneDNN's
+  int8 kernel for s8 inputs is its unvectorised reference on some of these CPUs (an AMD EPYC);
 - AVX2 only: torch._int_mm has no fast kernel there, and oneDNN multiplies u8 by s8 in pairs summed
   in int16 (vpmaddubsw), which saturates unless |w| <= 63: so Q = 63 ("onednn", 7-bit weights),
   and the sums stay exact.
@@ -59,16 +63,25 @@ def cpu_features() -> frozenset[str]:
     return frozenset(line.partition(":")[2].split())
 
 
-KERNEL_QMAX = {"onednn-amx": 127, "int_mm": 127, "onednn": 63}  # the kernels and their weights' range
+# the kernels and their weights' range
+KERNEL_QMAX = {"onednn-amx": 127, "onednn-vnni": 127, "int_mm": 127, "onednn": 63}
+U8_KERNELS = ("onednn-vnni",)  # take the input rows as u8 = x_q + 128, oneDNN's zero point 128
 
 
 def int8_kernel() -> str:
-    """The int8 GEMM used here: "onednn-amx" where the CPU has AMX tiles, "int_mm" (torch._int_mm)
-    where it has VNNI, else "onednn" (7-bit weights, see the module docstring)."""
+    """The int8 GEMM used here: "onednn-amx" where the CPU has AMX tiles, "onednn-vnni" where it has
+    VNNI, else "onednn" (7-bit weights); see the module docstring."""
     features = cpu_features()
     if "amx_int8" in features:
         return "onednn-amx"
-    return "int_mm" if features & {"avx512_vnni", "avx_vnni"} else "onednn"
+    return "onednn-vnni" if features & {"avx512_vnni", "avx_vnni"} else "onednn"
+
+
+def to_u8(x_q: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """int8 x_q -> uint8 x_q + 128: the same bits with the sign bit flipped (in x_q's memory where
+    `inplace`)."""
+    u8 = x_q.view(torch.uint8)
+    return u8.bitwise_xor_(128) if inplace else u8 ^ 128
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,15 +133,20 @@ class Int8Linear(nn.Module):
         return self._rows[start, stop]
 
     def matmul(self, x_q: torch.Tensor) -> torch.Tensor:
-        """(M, in) int8 -> (M, out) fp32: the exact int32 sums x_q @ weightᵀ times each channel's scale."""
+        """(M, in) int8 -> (M, out) fp32: the exact int32 sums x_q @ weightᵀ times each channel's
+        scale. A u8 kernel (U8_KERNELS) takes x_q + 128 as uint8 (`to_u8`), or shifts an int8 x_q
+        into a copy."""
         if self.kernel == "int_mm":
             return torch._int_mm(x_q, self.weight.t()).float().mul_(self.scale)
         if self._packed is None:  # (packed weight, zero points)
             zero = torch.zeros(self.out_features, dtype=torch.long)
             self._packed = (torch.ops.onednn.qlinear_prepack(self.weight, None), zero)
         packed, zero = self._packed
+        x_zero = 0
+        if self.kernel in U8_KERNELS:
+            x_q, x_zero = (to_u8(x_q) if x_q.dtype == torch.int8 else x_q), 128  # (M, in) uint8
         return torch.ops.onednn.qlinear_pointwise(
-            x_q, 1.0, 0, packed, self.scale, zero, None, 1.0, 0, torch.float32, "none", [], ""
+            x_q, 1.0, x_zero, packed, self.scale, zero, None, 1.0, 0, torch.float32, "none", [], ""
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,6 +157,8 @@ class Int8Linear(nn.Module):
             )
         shape = x.shape
         x_q, x_scale = quantize_rows(x.reshape(-1, self.in_features).float())  # (M, in), (M, 1)
+        if self.kernel in U8_KERNELS:
+            x_q = to_u8(x_q, inplace=True)  # (M, in) uint8: x_q is ours, no copy needed
         y = self.matmul(x_q)  # (M, out)
         y = torch.addcmul(self.bias, y, x_scale, out=y) if self.bias is not None else y.mul_(x_scale)
         return y.view(*shape[:-1], self.out_features)
@@ -160,7 +180,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     The model must be on the CPU and in fp32 (ValueError otherwise); it is put in eval mode.
     Returns the model.
     """
-    from roberta.model import EncoderLayer  # here: roberta.model imports this module (via checkpoint)
+    # here: roberta.model imports this module (via checkpoint)
+    from roberta.model import Encoder, EncoderLayer
 
     for p in model.parameters():
         if p.device.type != "cpu" or p.dtype != torch.float32:
@@ -176,6 +197,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             for name, child in module.named_children():
                 if isinstance(child, nn.Linear):
                     setattr(module, name, Int8Linear.from_linear(child))
+    for encoder in [m for m in model.modules() if isinstance(m, Encoder)]:
+        encoder.round_rows = None  # oneDNN's rounded rows (roberta/onednn.py), not the int8 kernels'
     return model.eval()
 
 

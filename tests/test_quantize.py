@@ -36,10 +36,17 @@ def reference(linear: Int8Linear, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def kernels() -> list:
-    """int_mm and onednn run on any x86 CPU, fast or not; onednn-amx's 8-bit weights are exact only
-    on AMX tiles (elsewhere oneDNN may sum pairs in int16)."""
+    """int_mm and onednn run on any x86 CPU, fast or not; onednn-amx's and onednn-vnni's 8-bit
+    weights are exact only on AMX tiles and VNNI (elsewhere oneDNN may sum pairs in int16)."""
     amx = pytest.mark.skipif("amx_int8" not in cpu_features(), reason="this CPU has no AMX (amx_int8)")
-    return ["int_mm", "onednn", pytest.param("onednn-amx", marks=amx)]
+    has_vnni = cpu_features() & {"avx512_vnni", "avx_vnni"}
+    vnni = pytest.mark.skipif(not has_vnni, reason="this CPU has no VNNI (avx512_vnni, avx_vnni)")
+    return [
+        "int_mm",
+        "onednn",
+        pytest.param("onednn-amx", marks=amx),
+        pytest.param("onednn-vnni", marks=vnni),
+    ]
 
 
 @pytest.mark.parametrize("kernel", kernels())
