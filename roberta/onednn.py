@@ -83,6 +83,31 @@ class OneDNNLinear(nn.Linear):
         return super().extra_repr() + (", gelu=True" if self.gelu else "")
 
 
+class InplaceGELU(nn.GELU):
+    """nn.GELU that, at inference (no gradient, eager), overwrites its input: the FFN's (tokens,
+    3072) hidden tensor is the matmul's fresh output, and a second tensor that size costs the
+    allocator fresh pages on every layer (about 9% of an int8 batch of 8 x 128 tokens, measured
+    interleaved). Same numbers; training, graphs and tracing take nn.GELU's path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return super().forward(x)
+        return torch.ops.aten.gelu_(x, approximate=self.approximate)
+
+    @classmethod
+    def of(cls, act: nn.GELU) -> InplaceGELU:
+        return cls(approximate=act.approximate)
+
+
+def in_place_gelus(model: nn.Module) -> None:
+    """Every FeedForward's nn.GELU (exact type) becomes an InplaceGELU, in place."""
+    from roberta.model import FeedForward
+
+    for ffn in [m for m in model.modules() if isinstance(m, FeedForward)]:
+        if type(ffn.act) is nn.GELU:
+            ffn.act = InplaceGELU.of(ffn.act)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False):
     """oneDNN's fp32 x @ weightᵀ + bias, with the exact GELU applied in the kernel where `gelu`."""
     attr, algorithm = ("gelu", "none") if gelu else ("none", "")
@@ -170,4 +195,5 @@ def use_onednn(model: nn.Module, plain: bool | None = None, gelu: bool | None = 
     for encoder in [m for m in model.modules() if isinstance(m, Encoder)]:
         if any(isinstance(m, OneDNNLinear) for m in encoder.modules()):
             encoder.round_rows = padded_rows  # a packed batch brings its rows rounded
+    in_place_gelus(model)  # where the GELU is not fused
     return model

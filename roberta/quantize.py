@@ -182,6 +182,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     """
     # here: roberta.model imports this module (via checkpoint)
     from roberta.model import Encoder, EncoderLayer
+    from roberta.onednn import in_place_gelus
 
     for p in model.parameters():
         if p.device.type != "cpu" or p.dtype != torch.float32:
@@ -199,6 +200,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
                     setattr(module, name, Int8Linear.from_linear(child))
     for encoder in [m for m in model.modules() if isinstance(m, Encoder)]:
         encoder.round_rows = None  # oneDNN's rounded rows (roberta/onednn.py), not the int8 kernels'
+    in_place_gelus(model)
     return model.eval()
 
 

@@ -16,7 +16,15 @@ from torch import nn
 
 from roberta import RobertaForSequenceClassification
 from roberta.model import FeedForward, RobertaModel
-from roberta.onednn import ROW_STEP, OneDNNLinear, available, onednn_speedup, padded_rows, use_onednn
+from roberta.onednn import (
+    ROW_STEP,
+    InplaceGELU,
+    OneDNNLinear,
+    available,
+    onednn_speedup,
+    padded_rows,
+    use_onednn,
+)
 from roberta.quantize import quantize_int8
 from tests.test_packing import TOL, batch, tiny_config
 
@@ -109,6 +117,21 @@ def test_each_choice_is_applied_alone(plain_on, gelu_on):
     assert (isinstance(ffn.fc1, OneDNNLinear) and ffn.fc1.gelu) == gelu_on
     assert isinstance(ffn.act, nn.Identity) == gelu_on
     assert isinstance(model.encoder.layers[0].attn.out, OneDNNLinear) == plain_on
+
+
+def test_the_in_place_gelu_is_nn_gelus_and_keeps_its_input_only_at_inference():
+    gelu, inplace = nn.GELU(), InplaceGELU.of(nn.GELU())
+    x = torch.randn(5, 7, requires_grad=True)
+    y = inplace(x)  # a gradient: nn.GELU's path, x kept
+    y.sum().backward()
+    torch.testing.assert_close(y, gelu(x), rtol=0, atol=0)
+    assert x.grad is not None and not torch.equal(x.detach(), y.detach())
+    h = x.detach().clone()
+    with torch.inference_mode():
+        out = inplace(h)
+    assert out.data_ptr() == h.data_ptr() and torch.equal(out, gelu(x).detach())
+    model = use_onednn(RobertaModel(tiny_config()), plain=True, gelu=False)
+    assert all(type(layer.ffn.act) is InplaceGELU for layer in model.encoder.layers)
 
 
 def test_not_fp32_on_the_cpu_is_left_alone():
