@@ -86,8 +86,8 @@ class OneDNNLinear(nn.Linear):
 class InplaceGELU(nn.GELU):
     """nn.GELU that, at inference (no gradient, eager), overwrites its input: the FFN's (tokens,
     3072) hidden tensor is the matmul's fresh output, and a second tensor that size costs the
-    allocator fresh pages on every layer (about 9% of an int8 batch of 8 x 128 tokens, measured
-    interleaved). Same numbers; training, graphs and tracing take nn.GELU's path."""
+    allocator fresh pages on every layer (`python benchmarks/speed.py`, B, shows the sum of such
+    costs). Same numbers; training, graphs and tracing take nn.GELU's path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
