@@ -86,11 +86,22 @@ class Explanation:
     notes: list[str] = field(default_factory=list)
 
 
+def check_fp32(attn: SelfAttention) -> None:
+    """ValueError unless the attention's projections are plain nn.Linear: the steps are read from
+    their float weights, which an int8 model (roberta/quantize.py) no longer has."""
+    if not (isinstance(attn.qkv, torch.nn.Linear) and isinstance(attn.out, torch.nn.Linear)):
+        raise ValueError(
+            "explaining the attention reads its float weights, and this model's are int8; "
+            "load the model without dtype=torch.int8 (--dtype int8) to explain it"
+        )
+
+
 def attention_params(attn: SelfAttention) -> dict[str, torch.Tensor]:
     """The module's weights in the article's convention (y = x W + b): W_q, W_k, W_v, W_o (C, C), b_o (C,).
 
     Views of `attn.qkv` and `attn.out` (nn.Linear stores W transposed), detached.
     """
+    check_fp32(attn)
     C = attn.out.in_features
     W_q, W_k, W_v = attn.qkv.weight.detach().split(C)  # 3 x (C_out, C_in)
     return dict(
@@ -110,6 +121,7 @@ def explain_steps(
         attention_mask: (T,), 1 = real token, or None (all real).
     Returns: q, k, v, heads (nh, T, d_k); scores, weights (nh, T, T); concat, output (T, C).
     """
+    check_fp32(attn)
     T, C = x.shape
     mask = None if attention_mask is None else attention_mask.bool()[None, None, None, :]  # (1, 1, 1, T)
     q, k, v = attn.heads(x[None])  # 3 x (1, nh, T, d_k)

@@ -84,12 +84,14 @@ def to_u8(x_q: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     return u8.bitwise_xor_(128) if inplace else u8 ^ 128
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows(x: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) float -> (x_q (M, K) int8 in [-127, 127], scale (M, 1) fp32): x ≈ x_q * scale, each row at
-    its own absmax / 127 (an all-zero row gets the smallest scale and stays 0)."""
+    its own absmax / 127 (an all-zero row gets the smallest scale and stays 0). `inplace` scales and
+    rounds x in its own memory (x is then garbage) instead of in a new tensor the size of it."""
     absmax = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())  # (M, 1)
     scale = absmax.clamp_(min=torch.finfo(torch.float32).tiny).div_(127)  # (M, 1)
-    return torch.div(x, scale).round_().to(torch.int8), scale
+    scaled = x.div_(scale) if inplace else torch.div(x, scale)  # (M, K) in [-127, 127]
+    return scaled.round_().to(torch.int8), scale
 
 
 class Int8Linear(nn.Module):
@@ -97,7 +99,14 @@ class Int8Linear(nn.Module):
 
     weight: (out, in) int8 in [-qmax, qmax]; scale: (out,) fp32, W ≈ weight * scale[:, None];
     bias: (out,) or None. kernel: one of KERNEL_QMAX (`int8_kernel`).
+
+    `owns_input` (set by quantize_int8): the input is a temporary made for this linear alone, and
+    quantizing it overwrites it instead of allocating a second fp32 tensor its size, whose fresh
+    pages cost the allocator more than the pass itself on every call (`python benchmarks/speed.py`,
+    int8 B).
     """
+
+    owns_input: bool = False
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, kernel: str):
         super().__init__()
@@ -156,7 +165,8 @@ class Int8Linear(nn.Module):
                 "train the fp32 model and quantize the result"
             )
         shape = x.shape
-        x_q, x_scale = quantize_rows(x.reshape(-1, self.in_features).float())  # (M, in), (M, 1)
+        rows = x.reshape(-1, self.in_features).float()  # (M, in)
+        x_q, x_scale = quantize_rows(rows, inplace=self.owns_input)  # (M, in) int8, (M, 1)
         if self.kernel in U8_KERNELS:
             x_q = to_u8(x_q, inplace=True)  # (M, in) uint8: x_q is ours, no copy needed
         y = self.matmul(x_q)  # (M, out)
@@ -181,8 +191,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     Returns the model.
     """
     # here: roberta.model imports this module (via checkpoint)
-    from roberta.model import Encoder, EncoderLayer
+    from roberta.model import Encoder, EncoderLayer, FeedForward, SelfAttention
     from roberta.onednn import in_place_gelus
+    from roberta.seq2seq import CrossAttention
 
     for p in model.parameters():
         if p.device.type != "cpu" or p.dtype != torch.float32:
@@ -198,6 +209,13 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             for name, child in module.named_children():
                 if isinstance(child, nn.Linear):
                     setattr(module, name, Int8Linear.from_linear(child))
+    # the linears whose input is a temporary no one else reads: the FFN's second matmul takes the
+    # GELU's output, Wᴼ the heads' outputs concatenated (also in the decoder's layers)
+    owners = {FeedForward: "fc2", SelfAttention: "out", CrossAttention: "out"}
+    for module in model.modules():
+        name = next((n for cls, n in owners.items() if isinstance(module, cls)), None)
+        if name is not None and isinstance(getattr(module, name), Int8Linear):
+            getattr(module, name).owns_input = True
     for encoder in [m for m in model.modules() if isinstance(m, Encoder)]:
         encoder.round_rows = None  # oneDNN's rounded rows (roberta/onednn.py), not the int8 kernels'
     in_place_gelus(model)

@@ -240,3 +240,12 @@ def test_layer_example_matches_transformers(tmp_path, data_dir):
     expl = explain.layer_example(RobertaModel.from_pretrained(tmp_path), tok, explain.TOY_TEXT, 1)
     torch.testing.assert_close(expl.steps["x"], ref.hidden_states[1][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(expl.steps["weights"], ref.attentions[1][0], atol=1e-5, rtol=1e-5)
+
+
+def test_an_int8_model_is_not_explained_from_its_int8_weights(tiny_model_dir):
+    from roberta.quantize import quantize_int8
+    from roberta.tokenizer import Tokenizer
+
+    model = quantize_int8(RobertaModel.from_pretrained(tiny_model_dir))
+    with pytest.raises(ValueError, match="without dtype=torch.int8"):
+        explain.layer_example(model, Tokenizer.from_pretrained(tiny_model_dir), explain.TOY_TEXT, 0)

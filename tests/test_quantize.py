@@ -129,6 +129,31 @@ def test_int8_model_keeps_the_fast_paths_guarantees_and_stays_near_fp32(pair):
 
 
 @torch.no_grad()
+def test_linears_fed_temporaries_quantize_them_in_place_with_the_same_numbers(pair):
+    _, q = pair
+    owners = [m for n, m in q.named_modules() if isinstance(m, Int8Linear) and m.owns_input]
+    names = {n for n, m in q.named_modules() if isinstance(m, Int8Linear) and m.owns_input}
+    assert names == {
+        f"encoder.layers.{i}.{n}" for i in range(len(q.encoder.layers)) for n in ("attn.out", "ffn.fc2")
+    }
+    ids, mask = batch(left=(2,))
+    out = q(ids, mask).last_hidden_state
+    linear = q.encoder.layers[0].ffn.fc2
+    x = torch.randn(5, linear.in_features)
+    before, kept = x.clone(), x.clone()
+    y = linear(x)
+    assert not torch.equal(x, before)  # overwritten
+    try:
+        for m in owners:
+            m.owns_input = False
+        assert torch.equal(q(ids, mask).last_hidden_state, out)  # bit for bit
+        assert torch.equal(linear(kept), y) and torch.equal(kept, before)  # not overwritten
+    finally:
+        for m in owners:
+            m.owns_input = True
+
+
+@torch.no_grad()
 def test_int8_classifier_logits_with_and_without_the_last_layer_subset():
     torch.manual_seed(4)
     clf = quantize_int8(RobertaForSequenceClassification(tiny_config()).eval())
