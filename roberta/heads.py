@@ -21,7 +21,7 @@ from torch import nn
 
 from roberta.checkpoint import PretrainedModel
 from roberta.config import RobertaConfig
-from roberta.model import RobertaModel
+from roberta.model import RobertaModel, WordEmbedding
 
 IGNORE_INDEX = -100
 
@@ -69,6 +69,8 @@ class MaskedLMHead(nn.Module):
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.decoder.weight = word_embeddings.weight  # tied: one tensor, two names
+        if isinstance(word_embeddings, WordEmbedding):  # the decoder's gradient is dense: the lookup's
+            word_embeddings.sparse_grad = True  # rows are added to it, no (V, C) matrix of their own
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,23 @@ def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
     return table.float()
 
 
+class WordEmbedding(nn.Embedding):
+    """nn.Embedding whose backward may hand its gradient on as sparse rows (`sparse_grad`, set by
+    heads.py where the matrix is also the output layer's): the rows of this batch's tokens are then
+    added to the output layer's dense gradient, instead of first being written into a (V, C) matrix
+    of zeros that is then added to it (`python benchmarks/speed.py`, D). The parameter's gradient
+    is the same dense sum. Not nn.Embedding's `sparse`, which DistributedDataParallel reads as "this
+    gradient will be sparse"; under torch.compile the gradient is dense."""
+
+    sparse_grad: bool = False
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        sparse = self.sparse_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        return F.embedding(
+            ids, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, sparse
+        )
+
+
 class Embeddings(nn.Module):
     """Token embedding + position embedding (+ token type), then LayerNorm and dropout.
 
@@ -73,7 +90,7 @@ class Embeddings(nn.Module):
         self.pad_token_id = config.pad_token_id
         self.positions_after_pad = config.family.positions_after_pad
         self.first_position = config.position_offset
-        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.word = WordEmbedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         if config.position_embedding_type == "learned":
             pad_row = config.pad_token_id if self.positions_after_pad else None
             self.position = nn.Embedding(

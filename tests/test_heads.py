@@ -248,6 +248,28 @@ def test_sparse_logits_equal_the_dense_ones_at_labelled_positions():
     assert abs(dense.loss.item() - sparse.loss.item()) < TOL
 
 
+@pytest.mark.parametrize("sparse_logits", [False, True])
+def test_the_tied_matrix_gradient_is_transformers_dense_one(tmp_path, sparse_logits):
+    """The lookup hands its rows on sparse (WordEmbedding.sparse_grad), summed into the decoder's
+    dense gradient: the matrix's .grad is dense and transformers' own, and DistributedDataParallel,
+    which reads nn.Embedding.sparse, is told to expect a dense one."""
+    torch.manual_seed(0)
+    hf = transformers.RobertaForMaskedLM(hf_config()).eval()
+    hf.save_pretrained(tmp_path)
+    ours = RobertaForMaskedLM.from_pretrained(tmp_path).eval()
+    word = ours.roberta.embeddings.word
+    assert word.sparse_grad and not word.sparse
+    ids, mask = padded_batch()
+    labels = labels_for("masked_lm", ids, mask)["labels"]
+    hf(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    ours(ids, mask, labels=labels, sparse_logits=sparse_logits).loss.backward()
+    ref = hf.roberta.embeddings.word_embeddings.weight.grad
+    assert word.weight.grad.layout == torch.strided
+    torch.testing.assert_close(word.weight.grad, ref, atol=1e-6, rtol=1e-4)
+    clf = RobertaForSequenceClassification(_our_config(hf))
+    assert not clf.roberta.embeddings.word.sparse_grad  # no decoder to sum into
+
+
 # ---- base <-> task checkpoints -----------------------------------------------------------------
 
 TASK_CLASSES = [
