@@ -103,7 +103,7 @@ class Int8Linear(nn.Module):
     `owns_input` (set by quantize_int8): the input is a temporary made for this linear alone, and
     quantizing it overwrites it instead of allocating a second fp32 tensor its size, whose fresh
     pages cost the allocator more than the pass itself on every call (`python benchmarks/speed.py`,
-    int8 B).
+    int8 B). A forward hook on such a linear sees its input overwritten.
     """
 
     owns_input: bool = False
