@@ -1,9 +1,11 @@
-"""Where ours spends workload A's time beyond the GEMMs: torch.profiler over A's batches, each op's
-time summed into a few kinds of work, beside the GEMM-bound limit measured in the same run.
+"""Where ours spends workload A's time beyond the GEMMs (or B's: `--workload B`): torch.profiler over
+the workload's batches, each op's time summed into a few kinds of work, beside the GEMM-bound limit
+measured in the same run.
 
 The model is ours at roberta-base sizes with random weights (seed 0), fp32 (on oneDNN where it
 pays, roberta/onednn.py) or `--dtype int8` (roberta/quantize.py), on A's inputs (benchmarks/speed.py: lognormal lengths, batches of 32 in the
-drawn order, each padded to its longest; `--batches` of them). Each batch runs once unprofiled
+drawn order, each padded to its longest; `--batches` of them; B: speed.py's 8x128 batch, `--batches`
+times). Each batch runs once unprofiled
 (warm-up), then once under the profiler; then, unprofiled, the forward and the same GEMMs alone
 (speed.py's `limit_fn`) take turns batch by batch, which says how far the forward is from its GEMMs.
 
@@ -11,13 +13,14 @@ Kinds (the op names of the profile that fall in each are printed under the table
   GEMM               the projections and FFN matmuls (aten::addmm/mm, oneDNN's fp32 linear and int8 qlinear)
   attention          scaled_dot_product_attention and what it calls, per sequence
   bias/GELU/LayerNorm/residual   the elementwise passes around the GEMMs
-  int8 (de)quantize  per-token absmax, scale, round, cast; the dequantize+bias addcmul
+  int8 (de)quantize  per-token absmax, scale, round, cast, u8 shift; the dequantize+bias addcmul
   pack/unpack        index_select / index_copy / repeat_interleave of packing.py, Packing.from_mask
   other ops          every other op (views, splits, cat, embedding, ...)
   Python, outside ops  wall time of the forward not inside any op: the interpreter per layer
 
     python benchmarks/profile_a.py                  # fp32, 4 batches of A, 2 threads: about a minute
     python benchmarks/profile_a.py --dtype int8 --batches 8 --out benchmarks/results/cpu-profile-A-int8.txt
+    python benchmarks/profile_a.py --dtype int8 --workload B --out benchmarks/results/cpu-profile-B-int8.txt
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import speed  # noqa: E402
 KINDS = [  # (kind, substrings of op names), first match wins
     ("GEMM", ("aten::addmm", "aten::mm", "qlinear_pointwise", "aten::_int_mm", "mkldnn::_linear")),
     ("attention", ("scaled_dot_product", "flash_attention", "aten::bmm", "aten::baddbmm", "softmax")),
-    ("int8 (de)quantize", ("aten::amax", "aten::amin", "aten::round", "aten::div", "aten::_to_copy",
+    ("int8 (de)quantize", ("aten::amax", "aten::amin", "aten::round", "aten::div", "aten::_to_copy", "bitwise_xor",
                            "aten::addcmul", "aten::clamp", "aten::maximum", "aten::neg")),
     ("bias/GELU/LayerNorm/residual", ("aten::gelu", "layer_norm", "aten::add", "aten::mul")),
     ("pack/unpack", ("index_select", "index_copy", "repeat_interleave", "aten::nonzero", "argsort",
@@ -93,12 +96,13 @@ def against_limit(model, engine: str, folder: Path, data, reps: int = 2) -> tupl
 def report(
     args, wall: float, kinds: dict, ops: dict, limit: tuple[float, float], real: int, rows: int
 ) -> str:
+    batch = "32" if args.workload == "A" else "8x128"
     lines = [
-        f"profile of ours on workload A: roberta-base, {args.dtype}, {torch.get_num_threads()} threads, "
-        f"{args.batches} batches of 32, {real} real tokens ({rows} packed rows), torch {torch.__version__}",
+        f"profile of ours on workload {args.workload}: roberta-base, {args.dtype}, {torch.get_num_threads()} "
+        f"threads, {args.batches} batches of {batch}, {real} real tokens ({rows} packed rows), torch {torch.__version__}",
         f"CPU: {speed.machine()['cpu']}, capability {torch.backends.cpu.get_cpu_capability()}; "
         f"load average {os.getloadavg()[0]:.2f}",
-        f"command: python benchmarks/profile_a.py --dtype {args.dtype} --batches {args.batches}",
+        f"command: python benchmarks/profile_a.py --dtype {args.dtype} --workload {args.workload} --batches {args.batches}",
         "",
         f"{'kind':32}{'seconds':>9}{'share':>8}",
     ]
@@ -123,7 +127,10 @@ def report(
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dtype", choices=("fp32", "int8"), default="fp32")
-    p.add_argument("--batches", type=int, default=4, help="A's first N batches of 32 (default 4)")
+    p.add_argument("--workload", choices=("A", "B"), default="A", help="speed.py's A (default) or B")
+    p.add_argument(
+        "--batches", type=int, default=4, help="A's first N batches of 32, or B's batch N times (default 4)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", type=Path, help="also write the table here")
     args = p.parse_args(argv)
@@ -136,7 +143,10 @@ def main(argv=None) -> None:
     from roberta.quantize import set_dtype
 
     config = speed.preset("base")
-    data = speed.batches(speed.lengths_a(config, quick=False)[: 32 * args.batches], 32, config.vocab_size)
+    if args.workload == "A":
+        data = speed.batches(speed.lengths_a(config, quick=False)[: 32 * args.batches], 32, config.vocab_size)
+    else:
+        data = [speed.padded([128] * 8, config.vocab_size, seed=99)] * args.batches
     with tempfile.TemporaryDirectory(prefix="roberta-profile-") as tmp:
         folder = Path(tmp)
         torch.manual_seed(0)
