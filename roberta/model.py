@@ -66,16 +66,28 @@ class WordEmbedding(nn.Embedding):
     heads.py where the matrix is also the output layer's): the rows of this batch's tokens are then
     added to the output layer's dense gradient, instead of first being written into a (V, C) matrix
     of zeros that is then added to it (`python benchmarks/speed.py`, D). The parameter's gradient
-    is the same dense sum. Not nn.Embedding's `sparse`, which DistributedDataParallel reads as "this
-    gradient will be sparse"; under torch.compile the gradient is dense."""
+    is the same dense sum (and where a loss never reached the output layer, the rows alone are made
+    dense after accumulation, for optimizers and clipping that take dense gradients only). Not
+    nn.Embedding's `sparse`, which DistributedDataParallel reads as "this gradient will be sparse";
+    under torch.compile the gradient is dense."""
 
     sparse_grad: bool = False
+    _hooked: int | None = None  # id of the weight that has the densifying hook
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         sparse = self.sparse_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        if sparse and self._hooked != id(self.weight):
+            self.weight.register_post_accumulate_grad_hook(dense_grad)
+            self._hooked = id(self.weight)
         return F.embedding(
             ids, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, sparse
         )
+
+
+def dense_grad(param: torch.Tensor) -> None:
+    """A parameter's accumulated gradient, made dense if it is sparse."""
+    if param.grad is not None and param.grad.is_sparse:
+        param.grad = param.grad.to_dense()
 
 
 class Embeddings(nn.Module):

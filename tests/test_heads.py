@@ -270,6 +270,26 @@ def test_the_tied_matrix_gradient_is_transformers_dense_one(tmp_path, sparse_log
     assert not clf.roberta.embeddings.word.sparse_grad  # no decoder to sum into
 
 
+def test_a_loss_that_skips_the_decoder_still_gives_the_word_matrix_a_dense_gradient():
+    """Only the lookup's sparse rows reach the matrix: they are made dense after accumulation, so
+    fused AdamW and gradient clipping, which take dense gradients only, still work."""
+    torch.manual_seed(0)
+    model = RobertaForMaskedLM(_our_config(transformers.RobertaForMaskedLM(hf_config()))).eval()
+    ids, mask = padded_batch()
+    grads = []
+    for sparse in (True, False):
+        model.roberta.embeddings.word.sparse_grad = sparse
+        model.roberta(ids, mask).last_hidden_state.sum().backward()  # the encoder alone
+        grads.append(model.roberta.embeddings.word.weight.grad)
+        model.zero_grad(set_to_none=True)
+    assert grads[0].layout == torch.strided
+    torch.testing.assert_close(grads[0], grads[1])
+    model.roberta.embeddings.word.sparse_grad = True
+    model.roberta(ids, mask).last_hidden_state.sum().backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.optim.AdamW(model.parameters(), fused=True).step()
+
+
 # ---- base <-> task checkpoints -----------------------------------------------------------------
 
 TASK_CLASSES = [
