@@ -24,12 +24,12 @@ Inference runs under torch.inference_mode; training in train mode with dropout a
 
 The limit. The `limit-fp32`, `limit-int8` (and, beside ours-bf16, `limit-bf16`) columns are not
 engines: they run only the layers' GEMMs (QKV, Wᴼ, FFN in and out, with our model's weights) on
-each batch's real tokens, in fp32 and bf16 through torch's default path and through our int8 kernel
-(roberta/quantize.py), taking their turn
-with the engines so that they see the same share of the CPU. Adding attention's FLOPs (QKᵀ and AV
+each batch's real tokens: in fp32 at each matmul through the faster here of torch's default GEMM
+and oneDNN's (`fastest_fp32`), in bf16 through torch's default, and through our int8 kernel
+(roberta/quantize.py); taking their turn with the engines so that they see the same share of the CPU. Adding attention's FLOPs (QKᵀ and AV
 per sequence, about 1% of A's and 3% of B's) at the fp32 rate they measured gives the GEMM-bound
 limit of A and B, and the "% of the ... GEMM limit" rows each engine's share of it: 100% would be
-an engine that spends no time outside those GEMMs, at the rate torch's GEMM reaches here.
+an engine that spends no time outside those GEMMs, at the rate torch's GEMMs reach here.
 
 How. Speed: all engines live in this process and take turns on each batch or step (the first
 engine rotates), so that all see the same share of a busy CPU; every engine warms up first.
@@ -63,6 +63,7 @@ whatever share of the machine it got (with more threads it also counts threads s
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -345,6 +346,24 @@ def encoder_flops(config: RobertaConfig, lengths: list[int]) -> tuple[float, flo
     return gemm, 4 * L * C * sum(n * n for n in lengths)
 
 
+@functools.cache
+def fastest_fp32(dim: int, hidden: int, rows: int = 1024) -> dict[tuple[int, int], str]:
+    """{(in, out): "oneDNN" or "torch"} for each layer matmul at this size (hidden size `dim`, FFN
+    size `hidden`: `onednn.layer_shapes`): the faster here of torch's default fp32 GEMM and
+    oneDNN's (roberta/onednn.py) on `rows` tokens, by `onednn.paired_ratio`, so that limit-fp32 is
+    this machine's limit and not one kernel's. Ours takes one kernel for all four (`onednn.chosen`);
+    the limit may mix them."""
+    out = dict.fromkeys(onednn.layer_shapes(dim, hidden), "torch")
+    if not onednn.available():
+        return out
+    with torch.inference_mode():
+        for k, n in out:
+            x, w = torch.randn(rows, k), torch.randn(n, k) / k**0.5
+            ratio = onednn.paired_ratio(lambda x=x, w=w: F.linear(x, w), lambda x=x, w=w: onednn.linear(x, w))
+            out[k, n] = "oneDNN" if ratio > 1.0 else "torch"
+    return out
+
+
 def limit_fn(engine: str, folder: Path):
     """(ids, mask) -> None: only the batch's GEMMs, on its real tokens: every layer's QKV, Wᴼ and FFN
     matmuls with our model's weights, in fp32 (torch's default path) or through our int8 kernel
@@ -358,8 +377,13 @@ def limit_fn(engine: str, folder: Path):
         dtype = torch.bfloat16 if engine == "limit-bf16" else torch.float32
         x, h = torch.randn(rows, C, dtype=dtype), torch.randn(rows, F_, dtype=dtype)
         matmul = lambda linear, src: F.linear(src, linear.weight)  # noqa: E731
-        if engine == "limit-fp32" and onednn.onednn_speedup()[0] > 1.0:  # the faster of torch's fp32 GEMMs
-            matmul = lambda linear, src: onednn.linear(src, linear.weight)  # noqa: E731
+        if engine == "limit-fp32":  # at each shape the faster of torch's two fp32 GEMMs here
+            onednn_at = {shape for shape, kernel in fastest_fp32(C, F_).items() if kernel == "oneDNN"}
+
+            def matmul(linear, src):
+                if (linear.in_features, linear.out_features) in onednn_at:
+                    return onednn.linear(src, linear.weight)
+                return F.linear(src, linear.weight)
     else:
         x, h = (torch.randint(-127, 128, (rows, k), dtype=torch.int8) for k in (C, F_))
         if linears[0][0].kernel in quantize.U8_KERNELS:  # the kernel's own input: x_q + 128 as uint8
@@ -809,7 +833,8 @@ def header(report: dict) -> list[str]:
             uses = "oneDNN for every layer linear" if use_plain else "torch's default"
             uses += ", the GELU fused into FFN in" if use_gelu else ""
             lines.append(
-                f"fp32 linears (roberta/onednn.py): oneDNN {plain:.2f}x torch's default here (>= "
+                f"fp32 linears (roberta/onednn.py): oneDNN {plain:.2f}x torch's default here on a layer's "
+                f"four matmuls at {onednn.PROBE_ROWS} tokens (>= "
                 f"{onednn.MIN_SPEEDUP}: ours takes it), the GELU fused {gelu:.2f}x the separate pass (>= "
                 f"{onednn.GELU_MIN_SPEEDUP}: ours fuses it): ours uses {uses}"
             )
@@ -838,8 +863,11 @@ def footer(report: dict) -> list[str]:
         ]
         if got:
             unit = "GOP/s" if "int8" in limit else "GFLOP/s"
+            kernels = report.get("limit_fp32_kernels", {}) if limit == "limit-fp32" else {}
+            took = ", ".join(f"{m} {k}" for m, k in kernels.items())
             lines.append(
                 f"{limit}: the layers' GEMMs alone, timed in turn with the engines, {unit}: {', '.join(got)}"
+                + (f" (the faster kernel at 1024 tokens: {took})" if took else "")
             )
     if "gemm_rates" in report:
         rows = report["gemm_rows"]
@@ -921,6 +949,9 @@ def main(argv=None) -> None:
         a = lengths_a(config, args.quick)
         report["gemm_rows"] = round(sum(a) / -(-len(a) // 32))  # real tokens per batch of 32
         report["gemm_rates"] = gemm_rates(config, report["gemm_rows"])
+        if "limit-fp32" in results:
+            kernels = fastest_fp32(config.hidden_size, config.intermediate_size)
+            report["limit_fp32_kernels"] = {name: kernels[k, n] for name, k, n in projections(config)}
         report["ffn_ms_one_thread"] = int8_ffn_ms()
     report["seconds"] = time.perf_counter() - started
     print(table(results))

@@ -5,11 +5,14 @@
 torch multiplies an fp32 `nn.Linear` with its BLAS (MKL on x86), whose fastest code paths are
 chosen for Intel CPUs; oneDNN, which torch also ships, has its own fp32 kernels for each SIMD level
 and can apply the GELU after the FFN's first matmul while the output is still in cache (a post-op),
-instead of in another pass over a (tokens, 3072) tensor. Which wins depends on the CPU, so it is
-measured, once per process, at roberta-base's FFN shape (`onednn_speedup`: the kernels back to
-back, the median of eight rounds' ratios): where oneDNN's plain matmul is at least `MIN_SPEEDUP`
-faster every Transformer layer's linears take it, and where its matmul with the GELU fused is faster
-than the matmul then the GELU (`GELU_MIN_SPEEDUP`), the FFN's first one fuses them.
+instead of in another pass over a (tokens, 3072) tensor. Which wins depends on the CPU and on the
+batch's size, so it is measured, once per process and model size, on one Transformer layer's four
+matmuls on a batch of `PROBE_ROWS` tokens (`onednn_speedup`: the kernels back to back, the median
+of the rounds' ratios): where oneDNN's plain matmuls are at least `MIN_SPEEDUP` faster every
+Transformer layer's linears take it, and where its matmul with the GELU fused is faster than the
+matmul then the GELU (`GELU_MIN_SPEEDUP`), the FFN's first one fuses them. (On an AMD Zen 4 oneDNN
+won by 40%; on an Intel Xeon with AMX the two tied at a few hundred rows and torch's MKL won at
+a thousand: a probe of one matmul at 256 rows picked oneDNN there.)
 `python benchmarks/speed.py` prints both ratios in its header and times the result.
 
 Row counts are rounded up to a multiple of 32 (`padded_rows`), since oneDNN builds and caches a
@@ -118,52 +121,76 @@ def available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-@functools.cache
-def onednn_speedup(
-    rows: int = 256, dim: int = 768, hidden: int = 3072, rounds: int = 8
-) -> tuple[float, float]:
-    """(plain, gelu) measured on this CPU at a (rows, dim) @ (dim, hidden) linear, once per process
-    (about a second): plain, torch's default fp32 time over oneDNN's; gelu, the time of the linear
-    then a separate GELU, on the kernel `plain` picks (oneDNN where plain >= MIN_SPEEDUP), over
-    oneDNN's with the GELU fused. Fused is not always faster: on an AVX2-only AMD EPYC oneDNN's
-    GELU post-op cost more than the separate pass.
+PROBE_ROWS = 1024  # tokens in the probe's batch: a batch's size, where the time is spent
+PROBE_ROUNDS = 5
 
-    Each round times the kernels back to back, in alternating order, and each figure is the median
-    of the rounds' ratios: on a shared machine whose speed changes from one tenth of a second to the
-    next, the kernels of a round see the same speed, and a round that does not is outvoted (a best
-    time per kernel, tried before, picked the slower kernel in some processes on a shared CPU).
-    (0, 0) where oneDNN is absent."""
+
+def layer_shapes(dim: int, hidden: int) -> tuple[tuple[int, int], ...]:
+    """(in, out) of a Transformer layer's four linears: the fused QKV, Wᴼ, the FFN's in and out."""
+    return (dim, 3 * dim), (dim, dim), (dim, hidden), (hidden, dim)
+
+
+def paired_ratio(baseline: Callable[[], object], candidate: Callable[[], object], rounds: int = 6) -> float:
+    """The median over `rounds` of baseline's time / candidate's, the two back to back in
+    alternating order (after one round to warm up). On a shared machine whose speed changes from one
+    tenth of a second to the next, the two of a round see the same speed, and a round that does not
+    is outvoted (a best time per kernel, tried before, picked the slower kernel in some processes)."""
+    ratios = []
+    for rnd in range(rounds + 1):
+        seconds = {}
+        for run in (baseline, candidate) if rnd % 2 else (candidate, baseline):
+            start = time.perf_counter()
+            run()
+            seconds[run] = time.perf_counter() - start
+        if rnd:
+            ratios.append(seconds[baseline] / seconds[candidate])
+    return statistics.median(ratios)
+
+
+def onednn_speedup(dim: int = 768, hidden: int = 3072) -> tuple[float, float]:
+    """(plain, gelu) measured on this CPU, once per process and model size (hidden size `dim`, FFN
+    size `hidden`; about a second at roberta-base's): plain, the time of torch's default fp32 kernel
+    over oneDNN's for one Transformer layer's four linears (`layer_shapes`) on PROBE_ROWS tokens;
+    gelu, the time of the FFN's first linear then a separate GELU, on the kernel `plain` picks
+    (oneDNN where plain >= MIN_SPEEDUP), over oneDNN's with the GELU fused. Fused is not always
+    faster: on an AVX2-only AMD EPYC oneDNN's GELU post-op cost more than the separate pass. Each is
+    a `paired_ratio` of PROBE_ROUNDS rounds. (0, 0) where oneDNN is absent."""
+    return _measured(dim, hidden)
+
+
+@functools.cache  # on positional arguments only, so that every caller finds the one measurement
+def _measured(
+    dim: int, hidden: int, rows: int = PROBE_ROWS, rounds: int = PROBE_ROUNDS
+) -> tuple[float, float]:
     if not available():
         return 0.0, 0.0
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, dim, generator=generator)
-    w, b = torch.randn(hidden, dim, generator=generator) / dim**0.5, torch.zeros(hidden)
+    layer = [
+        (
+            torch.randn(rows, k, generator=generator),
+            torch.randn(n, k, generator=generator) / k**0.5,
+            torch.zeros(n),
+        )
+        for k, n in layer_shapes(dim, hidden)
+    ]  # (x (rows, in), weight (out, in), bias (out,)) per linear
 
-    def median_ratio(baseline: Callable[[], torch.Tensor], candidate: Callable[[], torch.Tensor]) -> float:
-        """The median over rounds of baseline's time / candidate's, the two back to back."""
-        ratios = []
-        for rnd in range(rounds + 1):  # the first round warms up
-            seconds = {}
-            for run in (baseline, candidate) if rnd % 2 else (candidate, baseline):
-                start = time.perf_counter()
-                run()
-                seconds[run] = time.perf_counter() - start
-            if rnd:
-                ratios.append(seconds[baseline] / seconds[candidate])
-        return statistics.median(ratios)
+    def run(kernel: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        return lambda: [kernel(x, w, b) for x, w, b in layer]
 
     with torch.inference_mode():
-        plain = median_ratio(lambda: F.linear(x, w, b), lambda: linear(x, w, b))
+        plain = paired_ratio(run(F.linear), run(linear), rounds)
         unfused = linear if plain >= MIN_SPEEDUP else F.linear
-        fused = median_ratio(lambda: F.gelu(unfused(x, w, b)), lambda: linear(x, w, b, gelu=True))
+        x, w, b = layer[2]  # the FFN's first linear
+        fused = paired_ratio(lambda: F.gelu(unfused(x, w, b)), lambda: linear(x, w, b, gelu=True), rounds)
     return plain, fused
 
 
-def chosen() -> tuple[bool, bool]:
-    """(plain, gelu): whether `use_onednn` puts the layers' linears on oneDNN here, and whether it
-    fuses the FFN's GELU into its first one (measured at least MIN_SPEEDUP, and GELU_MIN_SPEEDUP,
-    faster than the alternative, `onednn_speedup`)."""
-    plain, gelu = onednn_speedup()
+def chosen(dim: int = 768, hidden: int = 3072) -> tuple[bool, bool]:
+    """(plain, gelu): whether `use_onednn` puts the layers' linears on oneDNN here, at this model
+    size (hidden size `dim`, FFN size `hidden`), and whether it fuses the FFN's GELU into its first
+    one (measured at least MIN_SPEEDUP, and GELU_MIN_SPEEDUP, faster than the alternative,
+    `onednn_speedup`)."""
+    plain, gelu = onednn_speedup(dim, hidden)
     return plain >= MIN_SPEEDUP, gelu >= GELU_MIN_SPEEDUP
 
 
@@ -181,7 +208,10 @@ def use_onednn(model: nn.Module, plain: bool | None = None, gelu: bool | None = 
     ):
         return model
     if plain is None or gelu is None:
-        measured = chosen()
+        ffn = next((m for m in model.modules() if isinstance(m, FeedForward)), None)
+        if ffn is None or not isinstance(ffn.fc1, nn.Linear):
+            return model  # no Transformer layer to put on oneDNN
+        measured = chosen(ffn.fc1.in_features, ffn.fc1.out_features)  # at this model's size
         plain = measured[0] if plain is None else plain
         gelu = measured[1] if gelu is None else gelu
     for layer in [m for m in model.modules() if isinstance(m, EncoderLayer)]:

@@ -162,6 +162,22 @@ def test_the_probe_measures_both_kernels():
     assert plain > 0 and gelu > 0  # a ratio of two measured times, whichever is faster here
 
 
+def test_the_probe_is_taken_at_the_models_size(monkeypatch):
+    """use_onednn asks the probe about this model's layer sizes, and follows its answer."""
+    import roberta.onednn as module
+
+    asked = []
+    monkeypatch.setattr(module, "onednn_speedup", lambda *size: asked.append(size) or (2.0, 0.5))
+    config = tiny_config()
+    model = use_onednn(RobertaModel(config).eval())
+    assert asked == [(config.hidden_size, config.intermediate_size)]
+    ffn = model.encoder.layers[0].ffn
+    assert isinstance(ffn.fc2, OneDNNLinear) and not ffn.fc1.gelu and isinstance(ffn.act, InplaceGELU)
+    monkeypatch.setattr(module, "onednn_speedup", lambda *size: (0.9, 1.2))  # torch's GEMM, the GELU fused
+    ffn = use_onednn(RobertaModel(config).eval()).encoder.layers[0].ffn
+    assert type(ffn.fc2) is nn.Linear and ffn.fc1.gelu and isinstance(ffn.act, nn.Identity)
+
+
 def test_row_counts_are_rounded_to_few_shapes():
     """oneDNN caches a kernel per shape: a server's varied batches must map to a bounded set."""
     sizes = [padded_rows(m) for m in range(1, 16385)]

@@ -193,7 +193,7 @@ def test_bf16_on_a_cpu_where_it_is_slower_warns_with_the_measured_rates(monkeypa
 
     model = RobertaModel(tiny_config())
     monkeypatch.setattr(quantize, "bf16_cpu_speed", lambda: (5.0, 50.0))  # (bf16, fp32) GFLOP/s
-    monkeypatch.setattr(onednn, "onednn_speedup", lambda: (1.0, 1.0))  # fp32 as fast either way
+    monkeypatch.setattr(onednn, "onednn_speedup", lambda *size: (1.0, 1.0))  # fp32 as fast either way
     with pytest.warns(
         UserWarning, match=r"slower than fp32: .* 5 GFLOP/s in bf16 against 50 in fp32 \(0.10x"
     ):
