@@ -174,13 +174,16 @@ class Group:
     """Sequences attended in one SDPA call, re-padded to b x Q queries and b x S keys.
 
     q_rows: (b * Q,) the query row behind each padded query (a padding one repeats its sequence's
-    last query; its output is dropped); k_rows: (b * S,) the same for keys and values (padding ones
-    are masked); key_mask: (b, 1, 1, S) True = a real key, or None when every key is real.
+    last query); k_rows: (b * S,) the same for keys and values (padding ones are masked); key_mask:
+    (b, 1, 1, S) True = a real key, or None when every key is real; dest: (b * Q,) where each padded
+    query's output goes: its query's row of the result, or for a padding query a scratch row of its
+    own past the result's end (dropped).
     """
 
     q_rows: torch.Tensor
     k_rows: torch.Tensor
     key_mask: torch.Tensor | None
+    dest: torch.Tensor
     b: int
     Q: int
     S: int
@@ -188,13 +191,17 @@ class Group:
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    """How a batch's attention runs: `groups`, then `take` (M + spare,), each query's row in the
-    groups' outputs concatenated, in query order, then the row of zeros after them for each spare
-    row. Made once per batch, used by every layer."""
+    """How a batch's attention runs: `groups`, each writing its output rows straight into their
+    places (`Group.dest`) of a result of `rows` = M + spare rows (the spare ones zeros) and `scratch`
+    rows after them that take the padding queries' outputs. `in_order`: one group whose padded
+    queries are exactly the result's rows in order (equal lengths, no spare rows: workload B), whose
+    output is then the result as it is. Made once per batch, used by every layer."""
 
     groups: tuple[Group, ...]
-    take: torch.Tensor
+    rows: int
+    scratch: int = 0
     spare: int = 0
+    in_order: bool = False
 
 
 def plan_groups(cost: list[tuple[int, int]], call_cost: float, window: int = 64) -> list[list[int]]:
@@ -228,7 +235,8 @@ def make_plan(
     k_start = [0, *itertools.accumulate(sizes)][:-1]
     order = sorted((i for i in range(len(counts)) if counts[i] > 0), key=lambda i: (lengths[i], counts[i]))
     split = plan_groups([(counts[i], max(lengths[i], 1)) for i in order], call_cost)
-    groups, take, offset = [], torch.empty(sum(counts) + spare, dtype=torch.long), 0
+    rows = sum(counts) + spare  # the result's rows; scratch rows for padding queries follow
+    groups, scratch = [], 0
     for part in split:
         seqs = [order[k] for k in part]
         n_q, n_k = torch.tensor([counts[i] for i in seqs]), torch.tensor([lengths[i] for i in seqs])
@@ -239,12 +247,29 @@ def make_plan(
             t_k, (n_k[:, None] - 1).clamp(min=0)
         )
         real_q, real_k = t_q < n_q[:, None], t_k < n_k[:, None]  # (b, Q), (b, S)
-        take[q_rows[real_q]] = (offset + torch.arange(b * Q)).view(b, Q)[real_q]
+        dest = q_rows.clone()  # (b, Q)
+        padding = int((~real_q).sum())
+        dest[~real_q] = rows + scratch + torch.arange(padding)
+        scratch += padding
         mask = None if bool(real_k.all()) else real_k[:, None, None, :].to(device)
-        groups.append(Group(q_rows.flatten().to(device), k_rows.flatten().to(device), mask, b, Q, S))
-        offset += b * Q
-    take[sum(counts) :] = offset  # the spare rows: the zero row after the groups' outputs
-    return AttentionPlan(tuple(groups), take.to(device), spare)
+        groups.append(
+            Group(
+                q_rows.flatten().to(device),
+                k_rows.flatten().to(device),
+                mask,
+                dest.flatten().to(device),
+                b,
+                Q,
+                S,
+            )
+        )
+    in_order = (
+        len(groups) == 1
+        and not spare
+        and not scratch
+        and bool((groups[0].dest.cpu() == torch.arange(rows)).all())
+    )
+    return AttentionPlan(tuple(groups), rows, scratch, spare, in_order)
 
 
 def grouped_attention(
@@ -254,11 +279,9 @@ def grouped_attention(
     rows' queries, keys and values and kv None (then every row is a query, and one gather per group
     serves all three). One SDPA call per group of `plan`. Returns (M + plan.spare, nh * hs)."""
     nh, hs = q.shape[-2:]
-    rows = sum(g.b * g.Q for g in plan.groups)
-    out = q.new_empty(rows + (1 if plan.spare else 0), nh * hs)  # the groups' outputs, in turn
+    out = None if plan.in_order else q.new_empty(plan.rows + plan.scratch, nh * hs)
     if plan.spare:
-        out[rows].zero_()  # what the spare rows get
-    offset = 0
+        out[plan.rows - plan.spare : plan.rows].zero_()  # what the spare rows get
     for g in plan.groups:
         if kv is None:  # a key's row is its query's: the first S of each sequence's Q rows
             qkv = q.index_select(0, g.q_rows).view(g.b, g.Q, 3, nh, hs)
@@ -269,9 +292,11 @@ def grouped_attention(
             kvg = kv.index_select(0, g.k_rows).view(g.b, g.S, 2, nh, hs)
             k, v = kvg.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (b, nh, S, hs)
         y = F.scaled_dot_product_attention(qg, k, v, attn_mask=g.key_mask, dropout_p=dropout_p)
-        out[offset : offset + g.b * g.Q].view(g.b, g.Q, nh, hs).copy_(y.transpose(1, 2))
-        offset += g.b * g.Q
-    return out.index_select(0, plan.take)  # (M, nh * hs)
+        y = y.transpose(1, 2).reshape(g.b * g.Q, nh * hs)  # (b * Q, nh * hs): a view where SDPA wrote it so
+        if out is None:
+            return y
+        out.index_copy_(0, g.dest, y)
+    return out[: plan.rows]  # (M + spare, nh * hs)
 
 
 def call_cost(device: torch.device) -> float:

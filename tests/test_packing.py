@@ -119,6 +119,42 @@ def test_packed_attention_equals_masked_sdpa_at_every_row():
     assert len(make_plan(p.sizes, p, float("inf"), packed.device).groups) == 1
 
 
+def test_equal_lengths_take_the_attention_output_as_it_is():
+    """A batch without padding whose sequences share one call (workload B's shape) gets SDPA's output
+    as the result, with no copy into place; it equals the plain path, and so does the same batch
+    when its queries must be put in place (spare rows, or a call per sequence)."""
+    mask = torch.ones(3, 6, dtype=torch.long)
+    p = Packing.from_mask(mask)
+    qkv = pack(torch.randn(3, 6, 3, 4, 8), p)  # (18, 3, nh, hs)
+    ref = masked_sdpa(unpack(qkv, p), mask, p)
+    plan = p.attention_plan
+    assert plan.in_order and len(plan.groups) == 1 and (plan.rows, plan.scratch) == (18, 0)
+    assert (packed_attention(qkv, p) - ref).abs().max() < TOL
+    one_each = make_plan(p.sizes, p, 0, qkv.device)
+    assert len(one_each.groups) == 1 and one_each.in_order  # equal lengths share a call for free
+    rounded = Packing.from_mask(mask, round_rows=lambda n: 32)
+    assert not rounded.attention_plan.in_order
+    torch.testing.assert_close(
+        packed_attention(pack(unpack(qkv, p), rounded), rounded)[:18],
+        packed_attention(qkv, p),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_padding_queries_write_scratch_rows_past_the_result():
+    """Padded queries of a shared call (a shorter sequence's) land in scratch rows, one each, past
+    the result's rows: no real row is written twice."""
+    ids, mask = batch(left=(1,))
+    p = Packing.from_mask(mask)
+    plan = make_plan(p.sizes, p, float("inf"), torch.device("cpu"))  # one call: every sequence re-padded
+    (g,) = plan.groups
+    dest = g.dest.tolist()
+    assert len(set(dest)) == len(dest) == g.b * g.Q
+    assert sorted(d for d in dest if d < plan.rows) == list(range(plan.rows))
+    assert plan.scratch == g.b * g.Q - plan.rows > 0 and not plan.in_order
+
+
 def test_plan_groups_trades_calls_against_padding():
     cost = [(n, n) for n in (2, 2, 3, 10, 10, 11)]  # (queries, keys), sorted by keys
     assert plan_groups(cost, 0) == [[0, 1], [2], [3, 4], [5]]  # equal lengths share a call for free
