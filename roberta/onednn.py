@@ -17,8 +17,9 @@ a thousand: a probe of one matmul at 256 rows picked oneDNN there.)
 
 Row counts are rounded up to a multiple of 32 (`padded_rows`), since oneDNN builds and caches a
 kernel per shape and a server would otherwise hold one for every batch size it has seen. The encoder
-adds the extra rows to a packed batch once (`Encoder.round_rows`, packing.py's spare rows), so
-that its linears need not copy their inputs; `OneDNNLinear` rounds any other input itself.
+adds the extra rows to a packed batch once (`Encoder.round_rows`, packing.py's spare rows) where
+all its linears are oneDNN's, so that they need not copy their inputs; `OneDNNLinear` rounds any
+other input itself (the fused FFN-in's where the others are torch's).
 The weights stay the model's own parameters (same memory, same state_dict, nothing reordered), and
 the numbers are fp32 GEMM's (sums in another order: within 1e-5 of the plain path, pinned by
 tests/test_onednn.py). Inference only: a forward that needs a gradient (training, attributions)
@@ -223,7 +224,10 @@ def use_onednn(model: nn.Module, plain: bool | None = None, gelu: bool | None = 
                 if plain and type(child) is nn.Linear:
                     setattr(module, name, OneDNNLinear.from_linear(child))
     for encoder in [m for m in model.modules() if isinstance(m, Encoder)]:
-        if any(isinstance(m, OneDNNLinear) for m in encoder.modules()):
-            encoder.round_rows = padded_rows  # a packed batch brings its rows rounded
+        linears = [m for m in encoder.modules() if isinstance(m, nn.Linear)]
+        if linears and all(isinstance(m, OneDNNLinear) for m in linears):
+            # a packed batch brings its rows rounded; where only the fused FFN-in is oneDNN's, it
+            # rounds its own input, and torch's GEMMs (which take any row count) get no spare rows
+            encoder.round_rows = padded_rows
     in_place_gelus(model)  # where the GELU is not fused
     return model

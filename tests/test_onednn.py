@@ -173,9 +173,12 @@ def test_the_probe_is_taken_at_the_models_size(monkeypatch):
     assert asked == [(config.hidden_size, config.intermediate_size)]
     ffn = model.encoder.layers[0].ffn
     assert isinstance(ffn.fc2, OneDNNLinear) and not ffn.fc1.gelu and isinstance(ffn.act, InplaceGELU)
+    assert model.encoder.round_rows is padded_rows
     monkeypatch.setattr(module, "onednn_speedup", lambda *size: (0.9, 1.2))  # torch's GEMM, the GELU fused
-    ffn = use_onednn(RobertaModel(config).eval()).encoder.layers[0].ffn
+    model = use_onednn(RobertaModel(config).eval())
+    ffn = model.encoder.layers[0].ffn
     assert type(ffn.fc2) is nn.Linear and ffn.fc1.gelu and isinstance(ffn.act, nn.Identity)
+    assert model.encoder.round_rows is None  # torch's GEMMs take any row count; FFN-in rounds its own
 
 
 def test_row_counts_are_rounded_to_few_shapes():
