@@ -836,7 +836,8 @@ def header(report: dict) -> list[str]:
                 f"fp32 linears (roberta/onednn.py): oneDNN {plain:.2f}x torch's default here on a layer's "
                 f"four matmuls at {onednn.PROBE_ROWS} tokens (>= "
                 f"{onednn.MIN_SPEEDUP}: ours takes it), the GELU fused {gelu:.2f}x the separate pass (>= "
-                f"{onednn.GELU_MIN_SPEEDUP}: ours fuses it): ours uses {uses}"
+                f"{onednn.GELU_MIN_SPEEDUP} on oneDNN's matmuls: ours fuses it; beside torch's, never): "
+                f"ours uses {uses}"
             )
     busy = " (busy: other work shares these cores, so read the ratios, not the absolute rates)"
     lines.append(

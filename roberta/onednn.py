@@ -38,8 +38,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MIN_SPEEDUP = 1.05  # below it the kernels are a tie within noise: torch's default stays
-# The fused GELU is the same matmul with one pass over its output fewer, so a tie goes to it; where
-# oneDNN's GELU post-op is the slower of the two (an AVX2-only EPYC), the probe measures it so.
+# Where the layers are on oneDNN, the fused GELU is the same matmul with one pass over its output
+# fewer, so a tie goes to it; where oneDNN's GELU post-op is the slower of the two (an AVX2-only
+# EPYC), the probe measures it so. Where they stay on torch's GEMM, the GELU is not fused: that
+# would move the FFN's first matmul alone to the other library, and on an AMX Xeon, where the probe
+# of that matmul had the fused one 0.94-1.12x the separate pass from one process to the next, the
+# whole model ran 1-2% slower with it (A and B, the two taking turns).
 GELU_MIN_SPEEDUP = 1.0
 ROW_STEP = 32  # oneDNN's calls see row counts rounded up to a multiple of this (4x past 4096 rows)
 
@@ -182,17 +186,20 @@ def _measured(
         plain = paired_ratio(run(F.linear), run(linear), rounds)
         unfused = linear if plain >= MIN_SPEEDUP else F.linear
         x, w, b = layer[2]  # the FFN's first linear
-        fused = paired_ratio(lambda: F.gelu(unfused(x, w, b)), lambda: linear(x, w, b, gelu=True), rounds)
+        # the separate GELU as the model runs it at inference: in place (InplaceGELU)
+        separate = lambda: torch.ops.aten.gelu_(unfused(x, w, b))  # noqa: E731
+        fused = paired_ratio(separate, lambda: linear(x, w, b, gelu=True), rounds)
     return plain, fused
 
 
 def chosen(dim: int = 768, hidden: int = 3072) -> tuple[bool, bool]:
     """(plain, gelu): whether `use_onednn` puts the layers' linears on oneDNN here, at this model
     size (hidden size `dim`, FFN size `hidden`), and whether it fuses the FFN's GELU into its first
-    one (measured at least MIN_SPEEDUP, and GELU_MIN_SPEEDUP, faster than the alternative,
-    `onednn_speedup`)."""
+    one (the layers where oneDNN measured at least MIN_SPEEDUP faster than torch's, `onednn_speedup`;
+    the GELU where they are, and the fused one at least GELU_MIN_SPEEDUP as fast)."""
     plain, gelu = onednn_speedup(dim, hidden)
-    return plain >= MIN_SPEEDUP, gelu >= GELU_MIN_SPEEDUP
+    on_onednn = plain >= MIN_SPEEDUP
+    return on_onednn, on_onednn and gelu >= GELU_MIN_SPEEDUP
 
 
 def use_onednn(model: nn.Module, plain: bool | None = None, gelu: bool | None = None) -> nn.Module:

@@ -174,11 +174,16 @@ def test_the_probe_is_taken_at_the_models_size(monkeypatch):
     ffn = model.encoder.layers[0].ffn
     assert isinstance(ffn.fc2, OneDNNLinear) and not ffn.fc1.gelu and isinstance(ffn.act, InplaceGELU)
     assert model.encoder.round_rows is padded_rows
-    monkeypatch.setattr(module, "onednn_speedup", lambda *size: (0.9, 1.2))  # torch's GEMM, the GELU fused
+    monkeypatch.setattr(module, "onednn_speedup", lambda *size: (0.9, 1.2))  # torch's GEMM wins
     model = use_onednn(RobertaModel(config).eval())
-    ffn = model.encoder.layers[0].ffn
-    assert type(ffn.fc2) is nn.Linear and ffn.fc1.gelu and isinstance(ffn.act, nn.Identity)
-    assert model.encoder.round_rows is None  # torch's GEMMs take any row count; FFN-in rounds its own
+    assert not any(isinstance(m, OneDNNLinear) for m in model.modules())
+    assert isinstance(model.encoder.layers[0].ffn.act, InplaceGELU) and model.encoder.round_rows is None
+    # the fused GELU on oneDNN's matmuls where it is at least level with the separate one, never
+    # beside torch's (it would move FFN-in alone to the other library)
+    for plain, gelu, fused in [(0.9, 1.5, False), (2.0, 1.0, True), (2.0, 0.95, False)]:
+        monkeypatch.setattr(module, "onednn_speedup", lambda *size, r=(plain, gelu): r)
+        fc1 = use_onednn(RobertaModel(config).eval()).encoder.layers[0].ffn.fc1
+        assert (isinstance(fc1, OneDNNLinear) and fc1.gelu) is fused, (plain, gelu)
 
 
 def test_row_counts_are_rounded_to_few_shapes():
