@@ -43,6 +43,7 @@ FFN block in fp32, in ours and in those two (when they import).
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -239,31 +240,34 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # the CPU flags of native bf16 matmuls
 
 
 @functools.cache
-def bf16_cpu_speed(n: int = 256, dim: int = 768, hidden: int = 3072, reps: int = 5) -> tuple[float, float]:
-    """(bf16, fp32) GFLOP/s of a (n, dim) @ (dim, hidden) linear (roberta-base's FFN) on this CPU,
-    the two dtypes taking turns so that other work on the machine falls on both, best of `reps`;
-    measured once per process (about a second where bf16 is emulated)."""
-    make = {dtype: (torch.randn(n, dim, dtype=dtype), torch.randn(hidden, dim, dtype=dtype))
-            for dtype in (torch.bfloat16, torch.float32)}  # fmt: skip
-    best = dict.fromkeys(make, float("inf"))
+def bf16_cpu_speed(n: int = 256, dim: int = 768, hidden: int = 3072, rounds: int = 5) -> tuple[float, float]:
+    """(bf16, fp32) GFLOP/s of a (n, dim) @ (dim, hidden) linear (roberta-base's FFN) on this CPU:
+    bf16 through torch's kernel, fp32 through the one the layers take here (torch's default or
+    oneDNN's, roberta/onednn.py). Each round times the two back to back in alternating order, and
+    each rate is from the median time over the rounds, so that other work on the machine falls on
+    both; measured once per process (about a second where bf16 is emulated)."""
+    from roberta import onednn
+
+    fp32_linear = onednn.linear if onednn.chosen()[0] else torch.nn.functional.linear
+    x, w = torch.randn(n, dim), torch.randn(hidden, dim)
+    xb, wb = x.bfloat16(), w.bfloat16()
+    runs = {"bf16": lambda: torch.nn.functional.linear(xb, wb), "fp32": lambda: fp32_linear(x, w)}
+    seconds: dict[str, list[float]] = {k: [] for k in runs}
     with torch.inference_mode():
-        for rep in range(reps + 1):  # the first round warms up
-            for dtype, (x, w) in make.items():
+        for rnd in range(rounds + 1):  # the first round warms up
+            for name in runs if rnd % 2 else reversed(runs):
                 start = time.perf_counter()
-                torch.nn.functional.linear(x, w)
-                if rep:
-                    best[dtype] = min(best[dtype], time.perf_counter() - start)
+                runs[name]()
+                if rnd:
+                    seconds[name].append(time.perf_counter() - start)
     flops = 2 * n * dim * hidden
-    return flops / best[torch.bfloat16] / 1e9, flops / best[torch.float32] / 1e9
+    return flops / statistics.median(seconds["bf16"]) / 1e9, flops / statistics.median(seconds["fp32"]) / 1e9
 
 
 def bf16_cpu_warning() -> str | None:
-    """Why bf16 does not pay on this CPU, measured; None where its bf16 GEMM is at least fp32's
-    (the faster of torch's default and oneDNN's, roberta/onednn.py)."""
-    from roberta.onednn import onednn_speedup
-
+    """Why bf16 does not pay on this CPU, measured; None where its bf16 GEMM is at least as fast as
+    the fp32 one the layers take here (`bf16_cpu_speed`)."""
     bf16, fp32 = bf16_cpu_speed()
-    fp32 *= max(1.0, onednn_speedup()[0])  # measured at the same shape
     if bf16 >= fp32:
         return None
     has = [f for f in BF16_FLAGS if f in cpu_features()]
