@@ -307,18 +307,20 @@ class Encoder(nn.Module):
             )
         else:
             real = attention_mask.bool() if attention_mask is not None else None
+        subset_last = subset_mask is not None and fast and not (output_hidden_states or output_attentions)
         if real is None or output_attentions or not fast:
             packing = None
         else:  # rounded rows only where no gradient is needed: training takes torch's linears
             fp32_cpu = x.device.type == "cpu" and x.dtype == torch.float32
             rounding = self.round_rows if fp32_cpu and not torch.is_grad_enabled() else None
-            packing = Packing.from_mask(real, rounding)
+            # padding positions keep a state (a slot per padded row) unless no one reads one
+            slots = not subset_last or bool((subset_mask.bool() & ~real).any())
+            packing = Packing.from_mask(real, rounding, slots)
         hidden, attentions = [x], []
         if packing is not None:
-            x, mask = pack(x, packing), packing  # (N, C): real tokens + a slot per padded row
+            x, mask = pack(x, packing), packing  # (N, C): real tokens (+ a slot per padded row)
         else:
             mask = None if real is None else real[:, None, None, :]  # (B, 1, 1, T)
-        subset_last = subset_mask is not None and fast and not (output_hidden_states or output_attentions)
         for i, layer in enumerate(self.layers):
             if subset_last and i == len(self.layers) - 1:
                 if packing is None:  # no padding: the (B, T) rows, flattened, are the packing

@@ -23,7 +23,9 @@ within a row (explicit position_ids, or dropout in training) they hold the first
 Heads that read few positions (a classifier reads <s>, the MLM loss the masked tokens) pass
 them as `subset_mask`; the last layer then computes keys and values at every row but queries,
 attention, Wᴼ, the FFN and the LayerNorms at those rows only (`Packing.rows_of`,
-`subset_attention`).
+`subset_attention`). Where those positions are all real tokens, no padding position's state is
+read, and the batch is packed without slots (`Packing.from_mask(real, slots=False)`): every layer
+runs on the real tokens alone.
 
 Spare rows. A kernel may want the row count rounded (oneDNN's, roberta/onednn.py, builds a kernel
 per shape, so it sees multiples of 32): `Packing.from_mask(real, round_rows)` then adds `spare`
@@ -60,6 +62,9 @@ class Packing:
     sizes: (B,) packed rows per sequence: its length, plus 1 when it has padding (the slot).
     batch_size, seq_len: B and T of the padded batch.
     spare: zero rows after the N packed ones, which no sequence owns (see "Spare rows" above).
+    slots: whether padded rows have their slot; without (`from_mask(..., slots=False)`: a caller
+        that reads no padding position) the packed rows are the real tokens alone, and padding
+        positions have no state to unpack or read.
     """
 
     indices: torch.Tensor
@@ -68,15 +73,19 @@ class Packing:
     batch_size: int
     seq_len: int
     spare: int = 0
+    slots: bool = True
 
     @classmethod
     @eager
-    def from_mask(cls, real: torch.Tensor, round_rows: Callable[[int], int] | None = None) -> Packing:
+    def from_mask(
+        cls, real: torch.Tensor, round_rows: Callable[[int], int] | None = None, slots: bool = True
+    ) -> Packing:
         """real: (B, T) bool or 0/1, True = real token. round_rows: N -> the row count the layers'
-        kernels want (at least N); the difference becomes spare rows."""
+        kernels want (at least N); the difference becomes spare rows. slots: a slot per padded row
+        (the default), or the real tokens alone where no padding position's state is wanted."""
         real = real.bool()
         B, T = real.shape
-        padded = ~real.all(dim=1)  # (B,)
+        padded = ~real.all(dim=1) if slots else real.new_zeros(B)  # (B,) rows that get a slot
         first_pad = (~real).int().argmax(dim=1)  # (B,) 0 for rows without padding, unused there
         keep = real.clone()
         keep[padded, first_pad[padded]] = True  # (B, T) real tokens and one slot per padded row
@@ -90,7 +99,7 @@ class Packing:
             raise ValueError(
                 f"round_rows({indices.numel()}) = {indices.numel() + spare} is below the row count"
             )
-        return cls(indices, tuple(lengths.tolist()), tuple((lengths + padded).tolist()), B, T, spare)
+        return cls(indices, tuple(lengths.tolist()), tuple((lengths + padded).tolist()), B, T, spare, slots)
 
     @functools.cached_property
     def attention_plan(self) -> AttentionPlan:
@@ -111,6 +120,10 @@ class Packing:
         if tuple(positions.shape) != (B, T):
             raise ValueError(f"positions must be (batch, length) = {(B, T)}, got {tuple(positions.shape)}")
         device = self.indices.device
+        if not self.slots and not bool(
+            positions.bool().flatten()[self.indices].sum() == positions.bool().sum()
+        ):
+            raise ValueError("positions include padding, and this packing has no padding slots (slots=False)")
         last = torch.tensor(self.sizes, device=device).cumsum(0) - 1  # (B,) each sequence's last row
         row_of = last.clamp(min=0).repeat_interleave(T)  # (B * T,) padding -> its row's slot
         row_of = row_of.index_copy(0, self.indices, torch.arange(self.num_rows, device=device))
@@ -153,6 +166,8 @@ def unpack(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     """(N + spare, ...) -> (B, T, ...): every packed row back in its place; each padding position
     of a row gets the state of that row's slot."""
     B, T = packing.batch_size, packing.seq_len
+    if not packing.slots:
+        raise ValueError("this packing has no padding slots (slots=False): padding positions have no state")
     x = x[: packing.num_rows]
     last = torch.tensor(packing.sizes, device=x.device).cumsum(0) - 1  # (B,) each sequence's last row
     fill = x.index_select(0, last.clamp(min=0)).repeat_interleave(T, dim=0)  # (B * T, ...)

@@ -280,6 +280,46 @@ def test_subset_mask_equals_full_forward_at_its_positions(model, lengths, left):
 
 
 @torch.no_grad()
+def test_a_subset_of_real_tokens_packs_no_slots(model):
+    """Where the wanted positions are all real (a classifier's <s>, masked tokens), no padding
+    position's state is read, so the layers run on the real tokens alone: the same numbers."""
+    ids, mask = batch(left=(1,), seed=8)
+    full = model(ids, mask).last_hidden_state  # (B, T, C)
+    want = (torch.rand(ids.shape, generator=torch.Generator().manual_seed(9)) < 0.4) & mask.bool()
+    rows = []
+    hook = model.encoder.layers[0].register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:
+        out = model(ids, mask, subset_mask=want).last_hidden_state
+        padded_too = model(ids, mask, subset_mask=want | ~mask.bool()).last_hidden_state
+    finally:
+        hook.remove()
+    assert rows == [int(mask.sum()), int(mask.sum()) + int((~mask.bool()).any(dim=1).sum())]
+    assert (out - full[want]).abs().max() < TOL and (padded_too - full[want | ~mask.bool()]).abs().max() < TOL
+
+
+def test_a_packing_without_slots_has_only_real_rows():
+    real = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0]])
+    p = Packing.from_mask(real, slots=False)
+    assert p.indices.tolist() == [0, 1, 5, 6, 7, 8, 9, 10, 11, 12, 14] and p.sizes == p.lengths == (
+        2,
+        3,
+        4,
+        2,
+    )
+    qkv, with_slots = torch.randn(4, 4, 3, 2, 8), Packing.from_mask(real)
+    is_real = real.bool().flatten()[with_slots.indices]  # (14,) the rows that are not slots
+    got, want_all = packed_attention(pack(qkv, p), p), packed_attention(pack(qkv, with_slots), with_slots)
+    assert got.shape == (11, 16) and (got - want_all[is_real]).abs().max() < TOL
+    want = real.bool() & torch.tensor([[1, 0, 1, 1]] * 4).bool()
+    sub = p.rows_of(want)
+    assert sub.indices.tolist() == [0, 3, 4, 5, 7, 8, 9, 10] and sub.counts == (1, 2, 3, 2)
+    with pytest.raises(ValueError, match="no padding slots"):
+        p.rows_of(torch.ones(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="no padding slots"):
+        unpack(torch.zeros(11, 16), p)
+
+
+@torch.no_grad()
 def test_classifier_logits_equal_with_and_without_the_last_layer_subset():
     torch.manual_seed(4)
     clf = RobertaForSequenceClassification(tiny_config()).eval()
