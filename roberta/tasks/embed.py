@@ -241,7 +241,13 @@ class Embedder(Predictor):
         batch = self.encode(texts)
 
         def vectors_of(ids: torch.Tensor, mask: torch.Tensor, **types) -> list:
-            h = self.model(ids, mask, **types).last_hidden_state.float()  # (B, T, C)
+            # only the real tokens' states are read (and the first position's, cls's): the encoder
+            # then packs no padding slots and its last layer computes these rows alone (packing.py)
+            read = mask.bool().clone()
+            read[:, 0] = True  # (B, T)
+            states = self.model(ids, mask, subset_mask=read, **types).last_hidden_state.float()  # (M, C)
+            h = states.new_zeros(*read.shape, states.shape[-1])
+            h[read] = states  # (B, T, C), zeros at the padding no pooling reads
             v = pool(h, mask, pooling)  # (B, C)
             return list((F.normalize(v, dim=-1) if normalize else v).cpu())
 
