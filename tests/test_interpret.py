@@ -272,7 +272,7 @@ def lion_text(rng: random.Random, lion: bool) -> str:
 
 @pytest.fixture(scope="module")
 def lion(tmp_path_factory) -> Classifier:
-    """A tiny classifier trained here (60 steps, a few seconds): label "lion" iff the word "lion"
+    """A tiny classifier trained here (100 steps, a few seconds): label "lion" iff the word "lion"
     is among random filler words. A BPE trained on these words makes each one token."""
     corpus = tmp_path_factory.mktemp("lion") / "words.txt"
     corpus.write_text("\n".join([" ".join([*FILLER, "lion"])] * 5), encoding="utf-8")
@@ -281,7 +281,7 @@ def lion(tmp_path_factory) -> Classifier:
     model = tiny(RobertaForSequenceClassification, vocab_size=len(tok), id2label={0: "other", 1: "lion"})
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(60):
+    for _ in range(100):
         labels = [rng.random() < 0.5 for _ in range(32)]
         enc = tok([lion_text(rng, y) for y in labels])
         batch = pad_batch([{"input_ids": ids} for ids in enc["input_ids"]], {"input_ids": tok.pad_token_id})
