@@ -10,9 +10,10 @@ batch's size, so it is measured, once per process and model size, on one Transfo
 matmuls on a batch of `PROBE_ROWS` tokens (`onednn_speedup`: the kernels back to back, the median
 of the rounds' ratios): where oneDNN's plain matmuls are at least `MIN_SPEEDUP` faster every
 Transformer layer's linears take it, and where its matmul with the GELU fused is faster than the
-matmul then the GELU (`GELU_MIN_SPEEDUP`), the FFN's first one fuses them. (On an AMD Zen 4 oneDNN
-won by 40%; on an Intel Xeon with AMX the two tied at a few hundred rows and torch's MKL won at
-a thousand: a probe of one matmul at 256 rows picked oneDNN there.)
+matmul then the GELU (`GELU_MIN_SPEEDUP`), the FFN's first one fuses them. (The winner can change
+with the batch: on a CPU where the two tie at a few hundred rows and torch's wins at a thousand, a
+probe of one matmul at 256 rows picked the slower one; `python benchmarks/speed.py` prints both
+kernels' rate at every layer matmul.)
 `python benchmarks/speed.py` prints both ratios in its header and times the result.
 
 Row counts are rounded up to a multiple of 32 (`padded_rows`), since oneDNN builds and caches a
@@ -41,9 +42,9 @@ MIN_SPEEDUP = 1.05  # below it the kernels are a tie within noise: torch's defau
 # Where the layers are on oneDNN, the fused GELU is the same matmul with one pass over its output
 # fewer, so a tie goes to it; where oneDNN's GELU post-op is the slower of the two (an AVX2-only
 # EPYC), the probe measures it so. Where they stay on torch's GEMM, the GELU is not fused: that
-# would move the FFN's first matmul alone to the other library, and on an AMX Xeon, where the probe
-# of that matmul had the fused one 0.94-1.12x the separate pass from one process to the next, the
-# whole model ran 1-2% slower with it (A and B, the two taking turns).
+# would move the FFN's first matmul alone to the other library, and on a CPU where the probe of that
+# matmul put the fused one either side of the separate pass from one process to the next, the whole
+# model ran slower with it (the README's Speed section).
 GELU_MIN_SPEEDUP = 1.0
 ROW_STEP = 32  # oneDNN's calls see row counts rounded up to a multiple of this (4x past 4096 rows)
 
