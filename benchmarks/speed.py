@@ -347,7 +347,7 @@ def encoder_flops(config: RobertaConfig, lengths: list[int]) -> tuple[float, flo
 
 
 @functools.cache
-def fastest_fp32(dim: int, hidden: int, rows: int = 1024) -> dict[tuple[int, int], str]:
+def fastest_fp32(dim: int, hidden: int, rows: int = onednn.PROBE_ROWS) -> dict[tuple[int, int], str]:
     """{(in, out): "oneDNN" or "torch"} for each layer matmul at this size (hidden size `dim`, FFN
     size `hidden`: `onednn.layer_shapes`): the faster here of torch's default fp32 GEMM and
     oneDNN's (roberta/onednn.py) on `rows` tokens, by `onednn.paired_ratio`, so that limit-fp32 is
@@ -868,7 +868,7 @@ def footer(report: dict) -> list[str]:
             took = ", ".join(f"{m} {k}" for m, k in kernels.items())
             lines.append(
                 f"{limit}: the layers' GEMMs alone, timed in turn with the engines, {unit}: {', '.join(got)}"
-                + (f" (the faster kernel at 1024 tokens: {took})" if took else "")
+                + (f" (the faster kernel at {onednn.PROBE_ROWS} tokens: {took})" if took else "")
             )
     if "gemm_rates" in report:
         rows = report["gemm_rows"]

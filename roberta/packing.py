@@ -278,11 +278,9 @@ def make_plan(
                 S,
             )
         )
+    # dest is the last group's, still on the CPU: no device sync to ask
     in_order = (
-        len(groups) == 1
-        and not spare
-        and not scratch
-        and bool((groups[0].dest.cpu() == torch.arange(rows)).all())
+        len(groups) == 1 and not spare and not scratch and bool((dest.flatten() == torch.arange(rows)).all())
     )
     return AttentionPlan(tuple(groups), rows, scratch, spare, in_order)
 
