@@ -44,7 +44,7 @@ MIN_SPEEDUP = 1.05  # below it the kernels are a tie within noise: torch's defau
 # EPYC), the probe measures it so. Where they stay on torch's GEMM, the GELU is not fused: that
 # would move the FFN's first matmul alone to the other library, and on a CPU where the probe of that
 # matmul put the fused one either side of the separate pass from one process to the next, the whole
-# model ran slower with it (the README's Speed section).
+# model ran slower with it (`python benchmarks/onednn_choice.py` times the four choices there).
 GELU_MIN_SPEEDUP = 1.0
 ROW_STEP = 32  # oneDNN's calls see row counts rounded up to a multiple of this (4x past 4096 rows)
 
