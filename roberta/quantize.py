@@ -85,11 +85,23 @@ def to_u8(x_q: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     return u8.bitwise_xor_(128) if inplace else u8 ^ 128
 
 
-def quantize_rows(x: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+# exact GELU's minimum is -0.16997 (at x = -0.75): every output of it is above this
+GELU_FLOOR = -0.17
+
+
+def quantize_rows(
+    x: torch.Tensor, inplace: bool = False, floor: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) float -> (x_q (M, K) int8 in [-127, 127], scale (M, 1) fp32): x ≈ x_q * scale, each row at
     its own absmax / 127 (an all-zero row gets the smallest scale and stays 0). `inplace` scales and
-    rounds x in its own memory (x is then garbage) instead of in a new tensor the size of it."""
-    absmax = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())  # (M, 1)
+    rounds x in its own memory (x is then garbage) instead of in a new tensor the size of it.
+    `floor`: a lower bound of every x (a GELU's output is above GELU_FLOOR); where each row's max is
+    at least -floor, the max is its absmax, and the pass for the row minima is skipped."""
+    top = x.amax(dim=1, keepdim=True)  # (M, 1)
+    if floor is not None and bool((top >= -floor).all()):
+        absmax = top
+    else:
+        absmax = torch.maximum(top, x.amin(dim=1, keepdim=True).neg_())  # (M, 1)
     scale = absmax.clamp_(min=torch.finfo(torch.float32).tiny).div_(127)  # (M, 1)
     scaled = x.div_(scale) if inplace else torch.div(x, scale)  # (M, K) in [-127, 127]
     return scaled.round_().to(torch.int8), scale
@@ -105,9 +117,12 @@ class Int8Linear(nn.Module):
     quantizing it overwrites it instead of allocating a second fp32 tensor its size, whose fresh
     pages cost the allocator more than the pass itself on every call (`python benchmarks/speed.py`,
     int8 B). A forward hook on such a linear sees its input overwritten.
+    `input_floor` (set by quantize_int8 on the FFN's second matmul): a lower bound of its input, the
+    GELU's output, which spares a pass in finding each row's absmax (`quantize_rows`).
     """
 
     owns_input: bool = False
+    input_floor: float | None = None
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, kernel: str):
         super().__init__()
@@ -167,7 +182,7 @@ class Int8Linear(nn.Module):
             )
         shape = x.shape
         rows = x.reshape(-1, self.in_features).float()  # (M, in)
-        x_q, x_scale = quantize_rows(rows, inplace=self.owns_input)  # (M, in) int8, (M, 1)
+        x_q, x_scale = quantize_rows(rows, self.owns_input, self.input_floor)  # (M, in) int8, (M, 1)
         if self.kernel in U8_KERNELS:
             x_q = to_u8(x_q, inplace=True)  # (M, in) uint8: x_q is ours, no copy needed
         y = self.matmul(x_q)  # (M, out)
@@ -207,6 +222,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no Transformer layers to quantize")
     for layer in layers:
         for module in list(layer.modules()):
+            if isinstance(module, FeedForward) and getattr(module.fc1, "gelu", False):
+                module.act = nn.GELU()  # oneDNN's GELU fused in fc1 (roberta/onednn.py) goes apart again
             for name, child in module.named_children():
                 if isinstance(child, nn.Linear):
                     setattr(module, name, Int8Linear.from_linear(child))
@@ -217,6 +234,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         name = next((n for cls, n in owners.items() if isinstance(module, cls)), None)
         if name is not None and isinstance(getattr(module, name), Int8Linear):
             getattr(module, name).owns_input = True
+        exact_gelu = isinstance(module, FeedForward) and isinstance(module.act, nn.GELU)
+        if exact_gelu and module.act.approximate == "none" and isinstance(module.fc2, Int8Linear):
+            module.fc2.input_floor = GELU_FLOOR
     for encoder in [m for m in model.modules() if isinstance(m, Encoder)]:
         encoder.round_rows = None  # oneDNN's rounded rows (roberta/onednn.py), not the int8 kernels'
     in_place_gelus(model)

@@ -18,7 +18,7 @@ from torch import nn
 from roberta import RobertaForSequenceClassification
 from roberta.model import RobertaModel
 from roberta.predict import load_for_inference
-from roberta.quantize import KERNEL_QMAX, Int8Linear, cpu_features, quantize_int8
+from roberta.quantize import GELU_FLOOR, KERNEL_QMAX, Int8Linear, cpu_features, quantize_int8, quantize_rows
 from tests.test_packing import TOL, batch, padded_forward, tiny_config
 
 
@@ -151,6 +151,54 @@ def test_linears_fed_temporaries_quantize_them_in_place_with_the_same_numbers(pa
     finally:
         for m in owners:
             m.owns_input = True
+
+
+def test_a_known_floor_spares_the_minima_pass_with_the_same_numbers():
+    """GELU's outputs are above GELU_FLOOR: a row whose max reaches -floor has that max as its absmax;
+    rows below it (here the first two) take the full pass. Same int8 rows and scales either way."""
+    torch.manual_seed(2)
+    x = torch.nn.functional.gelu(torch.randn(6, 64) * 3)
+    x[0] = torch.nn.functional.gelu(torch.linspace(-3, -0.2, 64))  # all negative, min near -0.17
+    x[1] = 0.0
+    assert x.min() >= GELU_FLOOR and bool((x[:2].amax(dim=1) < -GELU_FLOOR).all())
+    for rows in (x, x[2:]):  # with the fallback, and without it
+        want_q, want_scale = quantize_rows(rows.clone())
+        got_q, got_scale = quantize_rows(rows.clone(), floor=GELU_FLOOR)
+        assert torch.equal(got_q, want_q) and torch.equal(got_scale, want_scale)
+
+
+@torch.no_grad()
+def test_the_ffn_second_matmul_knows_its_input_is_a_gelu_output(pair):
+    _, q = pair
+    floors = {n: m.input_floor for n, m in q.named_modules() if isinstance(m, Int8Linear)}
+    assert {n for n, f in floors.items() if f is not None} == {
+        f"encoder.layers.{i}.ffn.fc2" for i in range(len(q.encoder.layers))
+    }
+    assert set(floors.values()) == {None, GELU_FLOOR}
+    ids, mask = batch(left=(2,))
+    out = q(ids, mask).last_hidden_state
+    fc2 = [layer.ffn.fc2 for layer in q.encoder.layers]
+    try:
+        for m in fc2:
+            m.input_floor = None
+        assert torch.equal(q(ids, mask).last_hidden_state, out)  # bit for bit
+    finally:
+        for m in fc2:
+            m.input_floor = GELU_FLOOR
+
+
+@torch.no_grad()
+def test_quantizing_a_model_on_onednn_keeps_its_fused_gelu(pair):
+    """use_onednn may fuse the GELU into fc1 (its act becomes Identity); the int8 fc1 cannot, so
+    quantize_int8 puts the GELU back: the same numbers as quantizing the plain model."""
+    from roberta.onednn import OneDNNLinear, use_onednn
+
+    model, q = pair
+    fused = use_onednn(copy.deepcopy(model), plain=False, gelu=True)
+    assert isinstance(fused.encoder.layers[0].ffn.fc1, OneDNNLinear)
+    fused = quantize_int8(fused)
+    ids, mask = batch(left=(2,))
+    assert torch.equal(fused(ids, mask).last_hidden_state, q(ids, mask).last_hidden_state)
 
 
 @torch.no_grad()
