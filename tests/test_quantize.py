@@ -18,7 +18,14 @@ from torch import nn
 from roberta import RobertaForSequenceClassification
 from roberta.model import RobertaModel
 from roberta.predict import load_for_inference
-from roberta.quantize import GELU_FLOOR, KERNEL_QMAX, Int8Linear, cpu_features, quantize_int8, quantize_rows
+from roberta.quantize import (
+    GELU_FLOOR,
+    KERNEL_QMAX,
+    Int8Linear,
+    cpu_features,
+    quantize_int8,
+    quantize_rows_above,
+)
 from tests.test_packing import TOL, batch, padded_forward, tiny_config
 
 
@@ -153,38 +160,66 @@ def test_linears_fed_temporaries_quantize_them_in_place_with_the_same_numbers(pa
             m.owns_input = True
 
 
-def test_a_known_floor_spares_the_minima_pass_with_the_same_numbers():
-    """GELU's outputs are above GELU_FLOOR: a row whose max reaches -floor has that max as its absmax;
-    rows below it (here the first two) take the full pass. Same int8 rows and scales either way."""
+def test_rows_above_a_floor_take_all_256_levels_between_it_and_their_max():
     torch.manual_seed(2)
-    x = torch.nn.functional.gelu(torch.randn(6, 64) * 3)
-    x[0] = torch.nn.functional.gelu(torch.linspace(-3, -0.2, 64))  # all negative, min near -0.17
+    x = torch.nn.functional.gelu(torch.randn(6, 64) * torch.logspace(-2, 1, 6)[:, None])
+    x[0] = torch.nn.functional.gelu(torch.linspace(-3, -0.2, 64))  # all negative, min near the floor
     x[1] = 0.0
-    assert x.min() >= GELU_FLOOR and bool((x[:2].amax(dim=1) < -GELU_FLOOR).all())
-    for rows in (x, x[2:]):  # with the fallback, and without it
-        want_q, want_scale = quantize_rows(rows.clone())
-        got_q, got_scale = quantize_rows(rows.clone(), floor=GELU_FLOOR)
-        assert torch.equal(got_q, want_q) and torch.equal(got_scale, want_scale)
+    assert x.min() > GELU_FLOOR
+    x_q, scale = quantize_rows_above(x.clone(), GELU_FLOOR)
+    assert x_q.dtype == torch.uint8 and scale.shape == (6, 1)
+    assert torch.equal(x_q.amax(dim=1), torch.full((6,), 255, dtype=torch.uint8))  # each row's max
+    back = GELU_FLOOR + x_q.double() * scale.double()
+    assert ((back - x.double()).abs() <= scale.double() / 2 * 1.0001).all()  # rounded to the nearest level
+    kept = x.clone()
+    assert torch.equal(quantize_rows_above(kept, GELU_FLOOR, inplace=True)[0], x_q)
+
+
+def reference_above(linear: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """float64: each row of x rounded to 256 levels from input_floor up to its max, times the
+    dequantized weight."""
+    floor = linear.input_floor
+    x = x.reshape(-1, linear.in_features).double()
+    scale = (x.amax(dim=1, keepdim=True) - floor) * (1 + 2**-20) / 255
+    x_q = torch.round((x - floor) / scale)
+    assert x_q.min() >= 0 and x_q.max() <= 255
+    w = linear.weight.double() * linear.scale.double()[:, None]  # (out, in)
+    bias = linear.bias.double() if linear.bias is not None else 0
+    return (x_q * scale + floor) @ w.t() + bias
 
 
 @torch.no_grad()
-def test_the_ffn_second_matmul_knows_its_input_is_a_gelu_output(pair):
+@pytest.mark.parametrize("kernel", kernels())
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_linear_above_a_floor_is_the_arithmetic_it_claims(bias, kernel):
+    torch.manual_seed(3)
+    fp32 = nn.Linear(48, 40, bias=bias)
+    q = Int8Linear.from_linear(fp32, kernel)
+    x = torch.nn.functional.gelu(torch.randn(3, 5, 48) * torch.logspace(-2, 1, 5)[None, :, None])
+    symmetric = q(x)
+    q.input_floor = GELU_FLOOR
+    y = q(x)
+    if kernel == "int_mm":  # s8 inputs only: the symmetric scheme
+        assert torch.equal(y, symmetric)
+        return
+    torch.testing.assert_close(y.reshape(-1, 40).double(), reference_above(q, x), rtol=1e-5, atol=1e-5)
+    assert (y - fp32(x)).abs().max() < 0.05 * fp32(x).abs().max()
+    assert q(torch.empty(0, 48)).shape == (0, 40)
+    x_q = torch.full((24, 48), 255, dtype=torch.uint8)  # every pair at 255 * +qmax: the int16 edge
+    q.weight.fill_(KERNEL_QMAX[kernel])
+    q._packed = None  # oneDNN packs the weight again
+    exact = (x_q.double() @ q.weight.double().t()) * q.scale.double()
+    torch.testing.assert_close(q.matmul(x_q).double(), exact, rtol=1e-6, atol=0)
+
+
+@torch.no_grad()
+def test_the_ffn_second_matmul_takes_its_gelu_input_above_the_floor(pair):
     _, q = pair
     floors = {n: m.input_floor for n, m in q.named_modules() if isinstance(m, Int8Linear)}
     assert {n for n, f in floors.items() if f is not None} == {
         f"encoder.layers.{i}.ffn.fc2" for i in range(len(q.encoder.layers))
     }
     assert set(floors.values()) == {None, GELU_FLOOR}
-    ids, mask = batch(left=(2,))
-    out = q(ids, mask).last_hidden_state
-    fc2 = [layer.ffn.fc2 for layer in q.encoder.layers]
-    try:
-        for m in fc2:
-            m.input_floor = None
-        assert torch.equal(q(ids, mask).last_hidden_state, out)  # bit for bit
-    finally:
-        for m in fc2:
-            m.input_floor = GELU_FLOOR
 
 
 @torch.no_grad()
