@@ -261,15 +261,27 @@ def add_evaluate_mlm(esub) -> None:
     p.add_argument("--max-length", type=int, help="tokens per block (default: what the model holds)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=1234, help="seed of the (fixed) masks")
+    _evaluate_dtype_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_evaluate_mlm)
+
+
+def _evaluate_dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="int8: score the opt-in int8 CPU inference, to see what it costs (default: fp32)",
+    )
 
 
 def run_evaluate_mlm(args) -> None:
     from roberta.heads import RobertaForMaskedLM
     from roberta.pretrain import Blocks, Masker, evaluate_mlm, tokenize_corpus
+    from roberta.quantize import set_dtype
 
     tok, model = _load_model(args.model, RobertaForMaskedLM)
+    model = set_dtype(model, _dtype(args.dtype))
     max_length = args.max_length or model.config.max_length
     blocks = Blocks(tokenize_corpus(args.corpus, tok), max_length, tok.bos_token_id)
     masker = Masker.for_tokenizer(tok)
@@ -364,12 +376,7 @@ def add_evaluate_tasks(esub) -> None:
         p.add_argument("--model", required=True, help="a fine-tuned checkpoint folder (e.g. OUT/best)")
         task.add_evaluate_arguments(p)
         p.add_argument("--batch-size", type=positive_int, default=32)
-        p.add_argument(
-            "--dtype",
-            choices=["fp32", "int8"],
-            default="fp32",
-            help="int8: score the opt-in int8 CPU inference, to see what it costs (default: fp32)",
-        )
+        _evaluate_dtype_arg(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=run_evaluate_task, task=task.name)
 

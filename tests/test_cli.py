@@ -68,3 +68,16 @@ def test_compile_flag_reaches_the_training_config(tiny_model_dir, tmp_path, monk
     for argv in (pretrain, pretrain + ["--compile"], finetune, finetune + ["--compile"]):
         assert main(argv) == 0
     assert seen == [False, True, False, True]
+
+
+def test_evaluate_mlm_scores_the_int8_model_too(tiny_model_dir, tmp_path, capsys):
+    corpus = tmp_path / "held.txt"
+    corpus.write_text("\n".join(f"{TEXT}, and then it ran off into the woods number {i}." for i in range(40)))
+    scores = {}
+    for dtype in ("fp32", "int8"):
+        args = ["evaluate", "mlm", "--model", str(tiny_model_dir), "--corpus", str(corpus), "--json"]
+        assert main([*args, "--max-length", "32", "--dtype", dtype]) == 0
+        scores[dtype] = json.loads(capsys.readouterr().out)
+    fp32, int8 = scores["fp32"], scores["int8"]
+    assert fp32["masked_tokens"] == int8["masked_tokens"] > 0  # the same fixed masks
+    assert abs(int8["loss"] - fp32["loss"]) < 0.05 * fp32["loss"] and int8["loss"] != fp32["loss"]
