@@ -210,9 +210,8 @@ class Int8Linear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, self.in_features).float()  # (M, in)
         if self.input_floor is not None and self.kernel != "int_mm":  # one-sided inputs: u8 above the floor
-            x_q, x_scale = quantize_rows_above(
-                rows, self.input_floor, self.owns_input
-            )  # (M, in) uint8, (M, 1)
+            # (M, in) uint8, (M, 1)
+            x_q, x_scale = quantize_rows_above(rows, self.input_floor, self.owns_input)
             y = self.matmul(x_q, zero_point=0)  # (M, out)
             y = torch.addcmul(self.floor_bias(), y, x_scale, out=y)
             return y.view(*shape[:-1], self.out_features)
