@@ -43,7 +43,7 @@ def measure(name: str, eager, compiled, items: list, warm: int, device: str) -> 
         for item in items[:warm]:
             compiled(item)
     except Exception as e:  # e.g. an inductor lowering that refuses this graph: a result, not a crash
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = next(iter(str(e).strip().splitlines()), "")  # the message's first line
         print(f"{name}: torch.compile failed: {type(e).__name__} {reason}".rstrip(), flush=True)
         return {"failed": f"{type(e).__name__}: {reason}"}
     speed.sync(device)
@@ -129,9 +129,9 @@ def main() -> None:
 
         return run
 
-    if (
-        args.dtype == "int8"
-    ):  # one eager forward first: the int8 linears prepack their weights at the first call
+    # int8: one eager forward first, as the int8 linears prepack their weights at the first call and
+    # inductor's int8 lowering wants the packed weights as constants of the graph
+    if args.dtype == "int8":
         quantize_int8(model)
         infer(model)(speed.padded([16], config.vocab_size, seed=0))
 

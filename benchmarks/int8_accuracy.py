@@ -40,6 +40,7 @@ HELD = [  # the built-in model's held-out books (roberta/models/roberta-small-bo
     "pretrain-corpus/gutenberg-550-silas-marner.txt",
 ]
 WIKI = ["wikitext-2/wiki.valid.tokens"]
+SEED = 1234  # of the fixed masks: `roberta evaluate mlm`'s default
 
 
 def symmetric(model: torch.nn.Module) -> torch.nn.Module:
@@ -78,8 +79,8 @@ def main() -> None:
         blocks = Blocks(
             tokenize_corpus([DATA / f for f in files], tok), fp32.config.max_length, tok.bos_token_id
         )
-        first = masker.mask_batch([blocks[i] for i in range(min(args.batch_size, len(blocks)))], 1234, 0,
-                                  range(min(args.batch_size, len(blocks))), tok.pad_token_id)  # fmt: skip
+        rows = range(min(args.batch_size, len(blocks)))  # the first batch, masked as evaluate_mlm masks it
+        first = masker.mask_batch([blocks[i] for i in rows], SEED, 0, rows, tok.pad_token_id)
         real = first["attention_mask"].bool()
         with torch.inference_mode():
             states = {
@@ -94,7 +95,7 @@ def main() -> None:
             start = time.perf_counter()
             with torch.inference_mode():
                 r = evaluate_mlm(
-                    model, blocks, masker, tok.pad_token_id, args.batch_size, max_blocks=args.blocks
+                    model, blocks, masker, tok.pad_token_id, args.batch_size, SEED, max_blocks=args.blocks
                 )
             diff = (states[name] - states["fp32"]).abs()
             print(f"{name:10s} {r['loss']:7.4f} {100 * r['accuracy']:8.2f}% {r['perplexity']:11.2f} "
