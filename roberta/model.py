@@ -298,7 +298,8 @@ class Encoder(nn.Module):
         subset_mask: (B, T) bool, the positions whose final state the caller reads (a classifier's
         <s>, the masked tokens of MLM). last_hidden_state is then (M, C), those positions in
         row-major order, and the last layer computes only them (its keys and values still see
-        every token): the same numbers for about 1/L less work.
+        every token): the same numbers for about 1/L less work. Where they are exactly the real
+        tokens (the attention mask), no layer computes a padding position's state.
         """
         fast = not torch.compiler.is_exporting()  # a graph export takes the plain path: shapes from T
         if fast:
@@ -308,6 +309,11 @@ class Encoder(nn.Module):
         else:
             real = attention_mask.bool() if attention_mask is not None else None
         subset_last = subset_mask is not None and fast and not (output_hidden_states or output_attentions)
+        # every real token wanted and no padding position (an embedder's read): the layers' rows are
+        # the answer as they stand, real tokens in row-major order, with no last-layer subset to take
+        every_real = subset_last and (
+            bool(subset_mask.bool().all()) if real is None else torch.equal(subset_mask.bool(), real)
+        )
         if real is None or output_attentions or not fast:
             packing = None
         else:  # rounded rows only where no gradient is needed: training takes torch's linears
@@ -322,7 +328,7 @@ class Encoder(nn.Module):
         else:
             mask = None if real is None else real[:, None, None, :]  # (B, 1, 1, T)
         for i, layer in enumerate(self.layers):
-            if subset_last and i == len(self.layers) - 1:
+            if subset_last and not every_real and i == len(self.layers) - 1:
                 if packing is None:  # no padding: the (B, T) rows, flattened, are the packing
                     B, T, C = x.shape
                     x, mask = x.reshape(B * T, C), Packing.from_mask(x.new_ones(B, T, dtype=torch.bool))
@@ -332,6 +338,8 @@ class Encoder(nn.Module):
             attentions.append(weights)
             if output_hidden_states:
                 hidden.append(x if packing is None else unpack(x, packing))
+        if every_real:  # (M, C)
+            return EncoderOutput(last_hidden_state=x.flatten(0, 1) if packing is None else x[: packing.num_rows])
         if not output_hidden_states:
             hidden.append(x if packing is None else unpack(x, packing))  # (B, T, C)
         last = hidden[-1] if subset_mask is None else hidden[-1][subset_mask.bool()]  # (M, C)

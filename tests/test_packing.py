@@ -297,6 +297,32 @@ def test_a_subset_of_real_tokens_packs_no_slots(model):
     assert (out - full[want]).abs().max() < TOL and (padded_too - full[want | ~mask.bool()]).abs().max() < TOL
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("left", [(1,), ()])
+def test_wanting_every_real_token_runs_the_layers_on_them_alone(model, left):
+    """subset_mask = the attention mask (an embedder reads the real tokens): every layer, the last
+    included, runs whole on the real tokens (no slots, no last-layer subset); their states come back
+    in row-major order. Also without padding, where the (B, T) rows are all wanted."""
+    ids, mask = batch(left=left, seed=8)
+    full = model(ids, mask).last_hidden_state  # (B, T, C)
+    calls = []
+    hooks = [
+        layer.register_forward_pre_hook(
+            lambda m, args, kwargs: calls.append((args[0].shape[0], kwargs.get("subset"))), with_kwargs=True
+        )
+        for layer in model.encoder.layers
+    ]
+    try:
+        out = model(ids, mask, subset_mask=mask.bool()).last_hidden_state
+        unpadded = model(ids, subset_mask=torch.ones_like(mask, dtype=torch.bool)).last_hidden_state
+    finally:
+        [hook.remove() for hook in hooks]
+    L = len(model.encoder.layers)
+    assert calls[:L] == [(int(mask.sum()), None)] * L and all(subset is None for _, subset in calls)
+    assert (out - full[mask.bool()]).abs().max() < TOL
+    assert torch.equal(unpadded, model(ids).last_hidden_state.flatten(0, 1))
+
+
 def test_a_packing_without_slots_has_only_real_rows():
     real = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0]])
     p = Packing.from_mask(real, slots=False)
