@@ -339,7 +339,9 @@ class Encoder(nn.Module):
             if output_hidden_states:
                 hidden.append(x if packing is None else unpack(x, packing))
         if every_real:  # (M, C)
-            return EncoderOutput(last_hidden_state=x.flatten(0, 1) if packing is None else x[: packing.num_rows])
+            return EncoderOutput(
+                last_hidden_state=x.flatten(0, 1) if packing is None else x[: packing.num_rows]
+            )
         if not output_hidden_states:
             hidden.append(x if packing is None else unpack(x, packing))  # (B, T, C)
         last = hidden[-1] if subset_mask is None else hidden[-1][subset_mask.bool()]  # (M, C)
