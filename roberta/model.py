@@ -175,20 +175,21 @@ class SelfAttention(nn.Module):
         mask: torch.Tensor | Packing | None,
         output_attentions: bool = False,
         subset: Subset | None = None,
+        residual: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, T, C) with mask (B, 1, 1, T) bool, True = may attend (a real key), or None (all real).
         Or x: (N, C), a batch's real tokens packed, with mask the `Packing` saying whose they are;
         then `subset` may name the rows whose output is wanted: (M, C) comes back.
-        Returns x's shape."""
+        Returns x's shape; with `residual` (that shape), residual + the attention (`add_linear`)."""
         dropout_p = self.dropout_p if self.training else 0.0
         if subset is not None:  # queries at the subset rows only; keys and values at every row
             C = x.shape[-1]
             q = self.project(x.index_select(0, subset.indices), 0, C).view(-1, self.n_head, self.head_dim)
             kv = self.project(x, C, 3 * C).view(-1, 2, self.n_head, self.head_dim)  # (N, 2, nh, hs)
-            return self.out(subset_attention(q, kv, mask, subset, dropout_p)), None  # (M, C)
+            return self.output(subset_attention(q, kv, mask, subset, dropout_p), residual), None  # (M, C)
         if isinstance(mask, Packing):
             qkv = self.qkv(x).view(-1, 3, self.n_head, self.head_dim)  # (N, 3, nh, hs)
-            return self.out(packed_attention(qkv, mask, dropout_p)), None  # (N, C)
+            return self.output(packed_attention(qkv, mask, dropout_p), residual), None  # (N, C)
         B, T, C = x.shape
         q, k, v = self.heads(x)
         if output_attentions:
@@ -197,7 +198,11 @@ class SelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
             weights = None
         y = y.transpose(1, 2).reshape(B, T, C)  # concatenate the heads: (B, T, nh * hs)
-        return self.out(y), weights
+        return self.output(y, residual), weights
+
+    def output(self, y: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """Wᴼ over the concatenated heads y, plus `residual` where given."""
+        return self.out(y) if residual is None else add_linear(residual, self.out, y)
 
 
 def attention_weights(
@@ -228,8 +233,45 @@ class FeedForward(nn.Module):
         self.act = nn.GELU()  # exact (erf); roberta/onednn.py may fuse it into fc1 at inference
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """FFN(x); with `residual` (x's shape), residual + FFN(x) (`add_linear`)."""
+        h = self.act(self.fc1(x))  # (..., 4C)
+        return self.fc2(h) if residual is None else add_linear(residual, self.fc2, h)
+
+
+def add_linear(residual: torch.Tensor, linear: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """residual + linear(h), a residual connection's sum, with one pass over the output fewer at
+    inference. The plain sum has the GEMM fill its output (the bias first), then reads it back
+    beside the residual to write the sum; instead, in fp32 on the CPU the GEMM adds its product into
+    residual + bias (BLAS's C = A·B + C), and a linear with a kernel of its own sums in it (`add_to`:
+    roberta/onednn.py's in oneDNN's post-op, roberta/quantize.py's int8 one as it dequantizes). The
+    same sum up to fp32 rounding (the additions in another order); where a gradient is wanted, in
+    graphs and in other dtypes, the plain sum."""
+    add_to = getattr(linear, "add_to", None)
+    if add_to is not None:
+        return add_to(residual, h)
+    if type(linear) is not nn.Linear or not cpu_fp32_inference(residual, h, linear.weight):
+        return residual + linear(h)
+    out = torch.empty_like(residual, memory_format=torch.contiguous_format)  # residual's shape
+    if linear.bias is not None:
+        torch.add(residual, linear.bias, out=out)
+    else:
+        out.copy_(residual)
+    return (
+        out.view(-1, linear.out_features)
+        .addmm_(h.reshape(-1, linear.in_features), linear.weight.t())
+        .view_as(out)
+    )
+
+
+def cpu_fp32_inference(*tensors: torch.Tensor) -> bool:
+    """Whether these tensors are fp32 on the CPU, in eager mode (no graph being compiled or traced),
+    and no gradient is wanted through them: where the fused inference kernels apply."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 class EncoderLayer(nn.Module):
@@ -251,12 +293,15 @@ class EncoderLayer(nn.Module):
         subset: Subset | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, T, C), or (N, C) packed real tokens; mask and subset as in SelfAttention."""
-        a, weights = self.attn(x, mask, output_attentions, subset)
-        if subset is not None:
-            x = x.index_select(0, subset.indices)  # (M, C): the rows whose output is wanted
-        x = self.norm1(x + self.dropout(a))
-        x = self.norm2(x + self.dropout(self.ffn(x)))
-        return x, weights
+        r = x if subset is None else x.index_select(0, subset.indices)  # (M, C): the rows wanted
+        if self.training and self.dropout.p > 0:  # dropout on each branch before its sum
+            a, weights = self.attn(x, mask, output_attentions, subset)
+            x = self.norm1(r + self.dropout(a))
+            return self.norm2(x + self.dropout(self.ffn(x))), weights
+        # no dropout: the same sums, each added by its branch's last linear (`add_linear`)
+        s, weights = self.attn(x, mask, output_attentions, subset, residual=r)  # r + Attn(x)
+        x = self.norm1(s)
+        return self.norm2(self.ffn(x, residual=x)), weights
 
 
 @dataclass

@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from roberta.model import cpu_fp32_inference
+
 MIN_SPEEDUP = 1.05  # below it the kernels are a tie within noise: torch's default stays
 # Where the layers are on oneDNN, the fused GELU is the same matmul with one pass over its output
 # fewer, so a tie goes to it; where oneDNN's GELU post-op is the slower of the two (an AVX2-only
@@ -75,9 +77,7 @@ class OneDNNLinear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fast = x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
-        fast = fast and not (torch.compiler.is_compiling() or torch.jit.is_tracing())  # graphs: torch's ops
-        if fast and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+        if cpu_fp32_inference(x, self.weight):  # graphs and gradients: torch's ops
             *lead, k = x.shape
             rows = x.reshape(-1, k)  # (M, in)
             m, padded = rows.shape[0], padded_rows(rows.shape[0])
@@ -87,6 +87,19 @@ class OneDNNLinear(nn.Linear):
             return y[:m].view(*lead, self.out_features)  # (..., out)
         y = F.linear(x, self.weight, self.bias)
         return F.gelu(y) if self.gelu else y
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """residual + self(x) (roberta/model.py's `add_linear`): the sum in oneDNN's kernel (a
+        binary post-op) where `forward` takes oneDNN's and the rows come rounded (the encoder's
+        packed batches); the plain sum otherwise."""
+        if self.gelu or not cpu_fp32_inference(residual, x, self.weight):
+            return residual + self(x)
+        rows = x.reshape(-1, self.in_features)  # (M, in)
+        if rows.shape[0] != padded_rows(rows.shape[0]):
+            return residual + self(x)
+        other = residual.reshape(-1, self.out_features)  # (M, out)
+        y = torch.ops.mkldnn._linear_pointwise.binary(rows, other, self.weight, self.bias, "add")
+        return y.view(residual.shape)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", gelu=True" if self.gelu else "")

@@ -201,27 +201,37 @@ class Int8Linear(nn.Module):
             self._floor_bias = (self.input_floor, bias.float())
         return self._floor_bias[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def products(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x (..., in) -> (y (M, out) the int8 GEMM's output with the channel scale applied, x_scale
+        (M, 1) the rows' scales, the bias to add): the linear is y * x_scale + bias."""
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError(
                 "this model was quantized to int8 for inference and cannot be trained; "
                 "train the fp32 model and quantize the result"
             )
-        shape = x.shape
         rows = x.reshape(-1, self.in_features).float()  # (M, in)
         if self.input_floor is not None and self.kernel != "int_mm":  # one-sided inputs: u8 above the floor
             # (M, in) uint8, (M, 1)
             x_q, x_scale = quantize_rows_above(rows, self.input_floor, self.owns_input)
-            y = self.matmul(x_q, zero_point=0)  # (M, out)
-            y = torch.addcmul(self.floor_bias(), y, x_scale, out=y)
-            return y.view(*shape[:-1], self.out_features)
+            return self.matmul(x_q, zero_point=0), x_scale, self.floor_bias()
         x_q, x_scale = quantize_rows(rows, inplace=self.owns_input)  # (M, in) int8, (M, 1)
         zero_point = 0
         if self.kernel in U8_KERNELS:
             x_q, zero_point = to_u8(x_q, inplace=True), 128  # (M, in) uint8: x_q is ours, no copy needed
-        y = self.matmul(x_q, zero_point)  # (M, out)
-        y = torch.addcmul(self.bias, y, x_scale, out=y) if self.bias is not None else y.mul_(x_scale)
-        return y.view(*shape[:-1], self.out_features)
+        return self.matmul(x_q, zero_point), x_scale, self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, x_scale, bias = self.products(x)  # (M, out), (M, 1)
+        y = torch.addcmul(bias, y, x_scale, out=y) if bias is not None else y.mul_(x_scale)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """residual + self(x) (roberta/model.py's `add_linear`), summed into the GEMM's output: no
+        new tensor the size of the sum."""
+        y, x_scale, bias = self.products(x)  # (M, out), (M, 1)
+        y = torch.addcmul(residual.reshape(-1, self.out_features), y, x_scale, out=y)
+        y = y.add_(bias) if bias is not None else y
+        return y.view(residual.shape)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 ({self.kernel})"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from roberta import RobertaConfig, RobertaModel
-from roberta.model import attention_weights, position_ids_from_input_ids
+from roberta.model import EncoderLayer, add_linear, attention_weights, position_ids_from_input_ids
 
 transformers = pytest.importorskip("transformers")
 
@@ -181,3 +182,79 @@ def test_model_in_train_mode_is_stochastic_and_eval_is_not():
     assert not torch.equal(model(ids, mask).last_hidden_state, model(ids, mask).last_hidden_state)
     model.eval()
     assert torch.equal(model(ids, mask).last_hidden_state, model(ids, mask).last_hidden_state)
+
+
+# ---- the residual sums at inference (model.add_linear) ------------------------------------------
+
+
+class OpNames(TorchDispatchMode):
+    """Records the name of every aten op run inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def linear_kinds() -> dict[str, object]:
+    """name -> a function nn.Linear -> the linear as the model may hold it at inference."""
+    from roberta.onednn import OneDNNLinear, available
+    from roberta.quantize import Int8Linear
+
+    kinds = {"torch": lambda lin: lin, "int8": Int8Linear.from_linear}
+    if available():
+        kinds["oneDNN"] = OneDNNLinear.from_linear
+    return kinds
+
+
+@pytest.mark.parametrize("kind", ["torch", "int8", "oneDNN"])
+@pytest.mark.parametrize("shape", [(64,), (4, 16)])
+def test_add_linear_is_the_residual_plus_the_linear(kind, shape):
+    """At inference each kind sums residual + linear(h) its own way (the GEMM adding into
+    residual + bias, oneDNN's binary post-op, int8's dequantize into the GEMM's output): the plain sum
+    to fp32 rounding; with a gradient wanted, the plain sum itself."""
+    if kind not in linear_kinds():
+        pytest.skip("oneDNN is not available in this torch")
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(24, 20)
+    torch.nn.init.normal_(plain.bias)
+    linear = linear_kinds()[kind](plain)
+    h, residual = torch.randn(*shape, 24), torch.randn(*shape, 20)
+    with torch.inference_mode():
+        want = residual + linear(h.clone())  # a clone: int8 may quantize its input in place
+        got = add_linear(residual, linear, h.clone())
+    assert got.shape == want.shape and (got - want).abs().max() < 1e-5
+    if kind != "int8":  # int8 cannot be trained
+        r = residual.clone().requires_grad_()
+        out = add_linear(r, linear, h)
+        out.sum().backward()
+        assert torch.equal(out, r + linear(h)) and torch.equal(r.grad, torch.ones_like(r))
+
+
+def test_a_layer_at_inference_adds_each_residual_in_its_linear():
+    """Without dropout (eval) the layer's sums x + Attn(x) and x + FFN(x) are added by Wᴼ's and the
+    FFN's second GEMM (two in-place addmm_, no separate add of the branch); the same numbers as the
+    formula op by op. With dropout (training) each branch is dropped out, then added."""
+    torch.manual_seed(0)
+    config = RobertaConfig(**CONFIGS["odd"], vocab_size=50, max_position_embeddings=40)
+    layer = EncoderLayer(config).eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.5)  # biases and LayerNorm shifts that are not 0
+    x = torch.randn(3, 11, config.hidden_size)
+    with torch.inference_mode():
+        h = layer.norm1(x + layer.attn(x, None)[0])
+        want = layer.norm2(h + layer.ffn(h))
+        with OpNames() as ops:
+            got, _ = layer(x, None)
+    assert (got - want).abs().max() < TOL
+    assert ops.names.count("aten.addmm_") == 2 and "aten.bernoulli_" not in ops.names
+    layer.train()
+    with OpNames() as ops:
+        layer(x, None)
+    # dropout draws its masks: the attention weights', then each branch's
+    assert "aten.addmm_" not in ops.names and ops.names.count("aten.bernoulli_") == 3
