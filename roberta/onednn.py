@@ -92,10 +92,9 @@ class OneDNNLinear(nn.Linear):
         """residual + self(x) (roberta/model.py's `add_linear`): the sum in oneDNN's kernel (a
         binary post-op) where `forward` takes oneDNN's and the rows come rounded (the encoder's
         packed batches); the plain sum otherwise."""
-        if self.gelu or not cpu_fp32_inference(residual, x, self.weight):
-            return residual + self(x)
         rows = x.reshape(-1, self.in_features)  # (M, in)
-        if rows.shape[0] != padded_rows(rows.shape[0]):
+        m = rows.shape[0]  # tested last: under tracing it is a traced value
+        if self.gelu or not cpu_fp32_inference(residual, x, self.weight) or m != padded_rows(m):
             return residual + self(x)
         other = residual.reshape(-1, self.out_features)  # (M, out)
         y = torch.ops.mkldnn._linear_pointwise.binary(rows, other, self.weight, self.bias, "add")

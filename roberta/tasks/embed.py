@@ -242,7 +242,7 @@ class Embedder(Predictor):
 
         def vectors_of(ids: torch.Tensor, mask: torch.Tensor, **types) -> list:
             # only the real tokens' states are read (and the first position's, cls's): the encoder
-            # then packs no padding slots and its last layer computes these rows alone (packing.py)
+            # then packs no padding slots, and computes no padding position in any layer (packing.py)
             read = mask.bool().clone()
             read[:, 0] = True  # (B, T)
             states = self.model(ids, mask, subset_mask=read, **types).last_hidden_state.float()  # (M, C)
