@@ -14,7 +14,8 @@ Kinds (the op names of the profile that fall in each are printed under the table
   GEMM               the projections and FFN matmuls (aten::addmm/mm, oneDNN's fp32 linear and int8 qlinear)
   attention          scaled_dot_product_attention and what it calls, per sequence
   bias/GELU/LayerNorm/residual   the elementwise passes around the GEMMs
-  int8 (de)quantize  per-token absmax, scale, round, cast, u8 shift; the dequantize+bias addcmul
+  int8 (de)quantize  per-token absmax, scale, round, cast, u8 shift (or roberta/kernels.py's one op);
+                     the dequantize+bias addcmul
   pack/unpack        index_select / index_copy / repeat_interleave of packing.py, Packing.from_mask
   other ops          every other op (views, splits, cat, embedding, ...)
   Python, outside ops  wall time of the forward not inside any op: the interpreter per layer
@@ -45,7 +46,7 @@ import speed  # noqa: E402
 KINDS = [  # (kind, substrings of op names), first match wins
     ("GEMM", ("aten::addmm", "aten::mm", "qlinear_pointwise", "aten::_int_mm", "mkldnn::_linear")),
     ("attention", ("scaled_dot_product", "flash_attention", "aten::bmm", "aten::baddbmm", "softmax")),
-    ("int8 (de)quantize", ("aten::amax", "aten::amin", "aten::round", "aten::div", "aten::_to_copy", "bitwise_xor",
+    ("int8 (de)quantize", ("roberta::quantize", "aten::amax", "aten::amin", "aten::round", "aten::div", "aten::_to_copy", "bitwise_xor",
                            "aten::addcmul", "aten::clamp", "aten::maximum", "aten::neg")),
     ("bias/GELU/LayerNorm/residual", ("aten::gelu", "layer_norm", "aten::add", "aten::mul")),
     ("pack/unpack", ("index_select", "index_copy", "repeat_interleave", "aten::nonzero", "argsort",

@@ -32,6 +32,10 @@ The int8 GEMM is the CPU's (`int8_kernel`, chosen from its flags):
 `python benchmarks/int8_kernels.py` times the three against fp32 on the running CPU; the speed
 benchmark's GEMM line gives the chosen one's rate.
 Per-token scales keep one outlier token from costing every other token its precision.
+Quantizing the rows is a pass per step in torch's ops (absmax, divide, round, cast), which on
+roberta-base's FFN took longer than its int8 GEMM; roberta/kernels.py compiles one op per
+quantizer for the running CPU (a row at a time while it is in cache), bit for bit the same codes,
+and these formulas run wherever it is not built.
 
 Results differ from fp32: benchmarks/speed.py prints the largest difference in the final hidden
 states (column `ours-int8`), and `roberta evaluate ... --dtype int8` measures what it does to a
@@ -50,23 +54,11 @@ import functools
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-
-@functools.cache
-def cpu_features() -> frozenset[str]:
-    """The running CPU's feature flags (Linux /proc/cpuinfo: avx2, avx512_vnni, amx_bf16, ...);
-    empty where they cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
-    return frozenset(line.partition(":")[2].split())
-
+from roberta.kernels import cpu_features, int8_ops
 
 # the kernels and their weights' range
 KERNEL_QMAX = {"onednn-amx": 127, "onednn-vnni": 127, "int_mm": 127, "onednn": 63}
@@ -89,14 +81,32 @@ def to_u8(x_q: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     return u8.bitwise_xor_(128) if inplace else u8 ^ 128
 
 
-def quantize_rows(x: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_ops(x: torch.Tensor):
+    """roberta/kernels.py's compiled quantizers where they take x ((M, K) fp32 on the CPU, eager,
+    no gradient), else None: the torch-op formulas below, which they equal bit for bit."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.requires_grad:
+        return None
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    return int8_ops()
+
+
+def quantize_rows(
+    x: torch.Tensor, inplace: bool = False, u8: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) float -> (x_q (M, K) int8 in [-127, 127], scale (M, 1) fp32): x ≈ x_q * scale, each row at
-    its own absmax / 127 (an all-zero row gets the smallest scale and stays 0). `inplace` scales and
-    rounds x in its own memory (x is then garbage) instead of in a new tensor the size of it."""
+    its own absmax / 127 (an all-zero row gets the smallest scale and stays 0). `u8`: x_q + 128 as
+    uint8 instead (`to_u8`). Where roberta/kernels.py's kernels are built, one pass of them;
+    else torch's ops, where `inplace` scales and rounds x in its own memory (x is then garbage)
+    instead of in a new tensor the size of it."""
+    ops = fused_ops(x)
+    if ops is not None:
+        return ops.quantize_rows(x.contiguous(), u8)
     absmax = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())  # (M, 1)
     scale = absmax.clamp_(min=torch.finfo(torch.float32).tiny).div_(127)  # (M, 1)
     scaled = x.div_(scale) if inplace else torch.div(x, scale)  # (M, K) in [-127, 127]
-    return scaled.round_().to(torch.int8), scale
+    x_q = scaled.round_().to(torch.int8)
+    return (to_u8(x_q, inplace=True) if u8 else x_q), scale
 
 
 # exact GELU's minimum is -0.16997 (at x = -0.75): every output of it is above this
@@ -111,7 +121,10 @@ def quantize_rows_above(
     """(M, K) float, every x above `floor` -> (x_q (M, K) uint8 in [0, 255], scale (M, 1) fp32):
     x ≈ floor + x_q * scale, each row at (its max - floor) / 255. For one-sided inputs (a GELU's
     output: GELU_FLOOR) that is twice the resolution of `quantize_rows`' symmetric scale. `inplace`
-    as there."""
+    and the kernels as there."""
+    ops = fused_ops(x)
+    if ops is not None:
+        return ops.quantize_rows_above(x.contiguous(), floor, _STEP)
     top = x.amax(dim=1, keepdim=True)  # (M, 1)
     scale = (top - floor).mul_(_STEP)  # (M, 1), > 0 where x > floor
     # rounded as int8 around floor + 128 * scale, then shifted to u8: float -> int8 is the fast cast
@@ -214,11 +227,9 @@ class Int8Linear(nn.Module):
             # (M, in) uint8, (M, 1)
             x_q, x_scale = quantize_rows_above(rows, self.input_floor, self.owns_input)
             return self.matmul(x_q, zero_point=0), x_scale, self.floor_bias()
-        x_q, x_scale = quantize_rows(rows, inplace=self.owns_input)  # (M, in) int8, (M, 1)
-        zero_point = 0
-        if self.kernel in U8_KERNELS:
-            x_q, zero_point = to_u8(x_q, inplace=True), 128  # (M, in) uint8: x_q is ours, no copy needed
-        return self.matmul(x_q, zero_point), x_scale, self.bias
+        u8 = self.kernel in U8_KERNELS  # then (M, in) uint8 x_q + 128, zero point 128
+        x_q, x_scale = quantize_rows(rows, inplace=self.owns_input, u8=u8)  # (M, in), (M, 1)
+        return self.matmul(x_q, 128 if u8 else 0), x_scale, self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, x_scale, bias = self.products(x)  # (M, out), (M, 1)

@@ -136,7 +136,9 @@ def test_int8_model_keeps_the_fast_paths_guarantees_and_stays_near_fp32(pair):
 
 
 @torch.no_grad()
-def test_linears_fed_temporaries_quantize_them_in_place_with_the_same_numbers(pair):
+def test_linears_fed_temporaries_quantize_them_in_place_with_the_same_numbers(pair, monkeypatch):
+    # torch's ops: roberta/kernels.py's quantizers read their input and write the codes elsewhere
+    monkeypatch.setattr("roberta.quantize.fused_ops", lambda x: None)
     _, q = pair
     owners = [m for n, m in q.named_modules() if isinstance(m, Int8Linear) and m.owns_input]
     names = {n for n, m in q.named_modules() if isinstance(m, Int8Linear) and m.owns_input}

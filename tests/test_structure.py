@@ -8,7 +8,7 @@ its own layer and the layers below, never above, and the graph has no cycle:
     tasks          roberta/tasks/*  (the registry and one module per task)
     library        predict (the predictor base), train, pretrain, heads, seq2seq, tokenizer, ...
     model          model, checkpoint
-    base           config, packing, collate, hub, atomic
+    base           config, packing, collate, hub, atomic, kernels
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "roberta"
 
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base", {"config", "atomic", "hub", "packing", "collate"}),
+    ("base", {"config", "atomic", "hub", "packing", "collate", "kernels"}),
     ("model", {"model", "checkpoint"}),
     (
         "library",
