@@ -433,8 +433,15 @@ def add_limits(res: dict[str, dict], config: RobertaConfig, lengths: dict[str, l
 
 def machine() -> dict:
     """The CPU this run measures: its name, which of CPU_FLAGS it has, torch's SIMD level, our
-    int8 kernel there (roberta/quantize.py), and the load average at the start."""
+    int8 kernel there (roberta/quantize.py) and its quantizer (roberta/kernels.py's compiled one,
+    or torch's ops and why), and the load average at the start."""
+    from roberta import kernels
     from roberta.quantize import cpu_features, int8_kernel
+
+    ops = kernels.int8_ops()
+    quantizer = (
+        f"compiled ({ops.isa()})" if ops is not None else f"torch's ops ({kernels.unavailable_reason()})"
+    )
 
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -444,7 +451,7 @@ def machine() -> dict:
     return {
         "cpu": name, "cpu_count": os.cpu_count(), "flags": {f: f in cpu_features() for f in CPU_FLAGS},
         "torch_capability": torch.backends.cpu.get_cpu_capability(), "int8_kernel": int8_kernel(),
-        "onednn_speedup": list(onednn.onednn_speedup()), "onednn_chosen": list(onednn.chosen()),
+        "int8_quantizer": quantizer, "onednn_speedup": list(onednn.onednn_speedup()), "onednn_chosen": list(onednn.chosen()),
         "load_average_at_start": list(os.getloadavg()),
     }  # fmt: skip
 
@@ -836,7 +843,10 @@ def header(report: dict) -> list[str]:
     if m:
         flags = " ".join(f if has else f"no-{f}" for f, has in m["flags"].items())
         lines.append(f"CPU: {m['cpu']}, {m['cpu_count']} logical CPUs; flags: {flags}")
-        lines.append(f"torch CPU capability {m['torch_capability']}; our int8 kernel: {m['int8_kernel']}")
+        lines.append(
+            f"torch CPU capability {m['torch_capability']}; our int8 kernel: {m['int8_kernel']}, "
+            f"its rows quantized by {m.get('int8_quantizer', 'torch ops')}"
+        )
         if "onednn_chosen" in m:
             (plain, gelu), (use_plain, use_gelu) = m["onednn_speedup"], m["onednn_chosen"]
             uses = "oneDNN for every layer linear" if use_plain else "torch's default"
