@@ -438,7 +438,7 @@ def machine() -> dict:
     from roberta import kernels
     from roberta.quantize import cpu_features, int8_kernel
 
-    ops = kernels.int8_ops()
+    ops = kernels.ops()
     quantizer = (
         f"compiled ({ops.isa()})" if ops is not None else f"torch's ops ({kernels.unavailable_reason()})"
     )

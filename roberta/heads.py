@@ -21,7 +21,7 @@ from torch import nn
 
 from roberta.checkpoint import PretrainedModel
 from roberta.config import RobertaConfig
-from roberta.model import RobertaModel, WordEmbedding
+from roberta.model import Dropout, RobertaModel, WordEmbedding
 
 IGNORE_INDEX = -100
 
@@ -134,7 +134,7 @@ class ClassificationHead(nn.Module):
     def __init__(self, config: RobertaConfig):
         super().__init__()
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
+        self.dropout = Dropout(p)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
@@ -151,7 +151,7 @@ class PooledClassificationHead(nn.Module):
     def __init__(self, config: RobertaConfig):
         super().__init__()
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
+        self.dropout = Dropout(p)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -232,7 +232,7 @@ class RobertaForTokenClassification(TaskModel):
         self.config = config
         self.roberta = RobertaModel(config, add_pooler=False)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
+        self.dropout = Dropout(p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.classifier.apply(self._init_weights)
 
@@ -297,7 +297,7 @@ class RobertaForMultipleChoice(TaskModel):
         self.config = config
         self.roberta = RobertaModel(config, add_pooler=True)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
+        self.dropout = Dropout(p)
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.classifier.apply(self._init_weights)
 

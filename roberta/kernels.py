@@ -1,24 +1,34 @@
-"""Fused CPU kernels, compiled for the running CPU on first use: int8 inference's per-row quantization.
+"""Fused CPU kernels, compiled for the running CPU on first use: int8's row quantizing, training's dropout.
 
-    ops = int8_ops()        # torch.ops.roberta once built here, or None where it cannot be
+    ops = kernels.ops()     # torch.ops.roberta once built here, or None where it cannot be
     ops.quantize_rows(x, u8)                    # what quantize.quantize_rows computes
     ops.quantize_rows_above(x, floor, step)     # what quantize.quantize_rows_above computes
+    y = kernels.dropout(x, p, training)         # F.dropout's contract, one pass where ops() is built
+    y = kernels.scaled_dot_product_attention(q, k, v, mask, dropout_p)   # F's, with that dropout
 
-Why. int8 inference quantizes every input row of every layer's matmuls (roberta/quantize.py). In
-torch's ops that is an absmax, a division, a rounding and a cast, each a pass over the whole
-(tokens, features) tensor: on roberta-base's FFN the passes took longer than its int8 GEMM
-(`python benchmarks/profile_a.py --dtype int8 --workload B`). `csrc/int8.cpp` does the same
-arithmetic a row at a time while the row is in cache, with the CPU's vector instructions
-(AVX-512 or AVX2), on torch's threads: one read of the input, one write of the codes. Its results
-equal the torch-op formulas bit for bit (tests/test_kernels.py), and those formulas stay the path
-wherever the kernels are not built.
+Why. Some of the CPU's time goes to chains of torch ops that each make a pass over a whole tensor
+for a few operations per element, where one loop would do them all:
+- int8 inference quantizes every input row of every layer's matmuls (roberta/quantize.py): an
+  absmax, a division, a rounding and a cast, each a pass over the (tokens, features) tensor; on
+  roberta-base's FFN the passes took longer than its int8 GEMM (`python benchmarks/profile_a.py
+  --dtype int8 --workload B`). The kernel does the same arithmetic a row at a time while the row is
+  in cache: one read of the input, one write of the codes, bit for bit the formulas' results
+  (tests/test_kernels.py), which stay the path wherever the kernels are not built.
+- dropout in training is a Bernoulli draw per element (torch's generator, about 5 ns an element
+  here), a division and a product, three times per layer. The kernel draws from a counter-based
+  hash of each element's index and a seed taken from torch's generator (so torch.manual_seed
+  still fixes a run), keeps an element where its draw clears p, and scales it, in one pass; the
+  backward pass makes the same mask from the same seed instead of storing it. Its masks are not
+  torch's (another random stream, the same distribution: tests/test_kernels.py checks the rate
+  and independence).
+All of them run on torch's threads (OpenMP) with AVX-512 or AVX2.
 
-How. `torch.utils.cpp_extension.load` builds `csrc/int8.cpp` with the system's C++ compiler,
-`-march=native`, once per CPU, source and torch version (about half a minute), into
+How. `torch.utils.cpp_extension.load` builds `csrc/kernels.cpp` with the system's C++ compiler,
+`-march=native`, once per CPU, source and torch version (about 10 s here), into
 $ROBERTA_KERNELS_DIR (default ~/.cache/roberta/kernels); later processes load the cached library.
-It needs a C++ compiler and ninja (`pip install ninja` puts one beside Python). Where either is
-missing, the build fails, or the CPU has neither AVX-512 nor AVX2, `int8_ops()` is None (the reason
-in `unavailable_reason()`) and int8 runs on torch's ops as before, with the same numbers.
+It needs a C++ compiler and ninja (a dependency: `pip install ninja` puts one beside Python).
+Where either is missing, the build fails, the CPU is not x86-64 or has neither AVX-512 nor AVX2,
+`ops()` is None (the reason in `unavailable_reason()`) and torch's ops run as before.
 ROBERTA_KERNELS=0 turns the kernels off.
 """
 
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -37,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "int8.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "kernels.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads
 FAST_ISAS = ("avx512", "avx2")  # the vector builds; a scalar one would be slower than torch's ops
 
@@ -61,7 +72,7 @@ def cpu_features() -> frozenset[str]:
 def build_name(flags: list[str]) -> str:
     """The build's name: one per source, flags, torch version and CPU (`-march=native` code)."""
     key = "\n".join([SOURCE.read_text(), torch.__version__, " ".join(flags), *sorted(cpu_features())])
-    return "roberta_int8_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return "roberta_kernels_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def build_root() -> Path:
@@ -82,7 +93,7 @@ def missing_tools() -> str | None:
 
 
 def build(flags: list[str] = FLAGS):
-    """Compile `csrc/int8.cpp` with these compiler flags (or load the cached build) and register its
+    """Compile `csrc/kernels.cpp` with these compiler flags (or load the cached build) and register its
     ops as torch.ops.roberta; returns that namespace. Raises where the build fails. A process can
     hold one build (the ops' names are the same in each): tests build others in a subprocess."""
     from torch.utils.cpp_extension import load
@@ -90,7 +101,7 @@ def build(flags: list[str] = FLAGS):
     name = build_name(flags)
     folder = build_root() / name
     if not any(folder.glob(f"{name}*.so")):
-        print(f"roberta: compiling the int8 kernels for this CPU, once, into {folder} ...", file=sys.stderr)
+        print(f"roberta: compiling its CPU kernels for this CPU, once, into {folder} ...", file=sys.stderr)
     folder.mkdir(parents=True, exist_ok=True)
     load(
         name,
@@ -104,8 +115,8 @@ def build(flags: list[str] = FLAGS):
     return torch.ops.roberta
 
 
-def int8_ops():
-    """The compiled int8 kernels for this CPU (built at the first call of a process where no
+def ops():
+    """The compiled kernels for this CPU, torch.ops.roberta (built at the first call of a process where no
     cached build exists), or None where they are off or cannot be built (see the module docstring;
     `unavailable_reason()` says why). Thread-safe; the answer is kept for the process."""
     if not _loaded:
@@ -116,7 +127,7 @@ def int8_ops():
 
 
 def unavailable_reason() -> str | None:
-    """Why `int8_ops()` is None, or None where it is not (or has not been asked yet)."""
+    """Why `ops()` is None, or None where it is not (or has not been asked yet)."""
     return _why_not
 
 
@@ -136,9 +147,68 @@ def _load():
         ops = build()
     except Exception as err:  # a failed build costs speed, not the answer: torch's ops take over
         _why_not = f"the build failed: {type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
-        warnings.warn(f"roberta's int8 kernels are not used: {_why_not}", stacklevel=3)
+        warnings.warn(f"roberta's CPU kernels are not used: {_why_not}", stacklevel=3)
         return None
     if ops.isa() not in FAST_ISAS:
         _why_not = f"this CPU has neither AVX-512 nor AVX2 (the build is {ops.isa()!r})"
         return None
     return ops
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """F.dropout(x, p, training): each element zeroed with probability p, the rest scaled by
+    1 / (1 - p). On the CPU in fp32, in eager mode, with the kernels built: their one-pass dropout
+    (see the module docstring); elsewhere torch's."""
+    if not training or p == 0.0:
+        return x
+    fast = (
+        0.0 < p < 1.0
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and ops() is not None
+    )
+    if not fast:
+        return torch.nn.functional.dropout(x, p, training)
+    seed = int(torch.empty((), dtype=torch.int64).random_())  # from torch's generator: manual_seed fixes it
+    return _Dropout.apply(x, p, seed)
+
+
+class _Dropout(torch.autograd.Function):
+    """y = x * mask / (1 - p), and the gradient the same op with the same seed: the same mask."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+        ctx.p, ctx.seed = p, seed
+        return torch.ops.roberta.dropout(x.contiguous(), p, seed)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        return torch.ops.roberta.dropout(grad.contiguous(), ctx.p, ctx.seed), None, None
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """F.scaled_dot_product_attention (a boolean `attn_mask`, True = may attend). With dropout on
+    the CPU in fp32, where torch computes it in its math form with its three-pass dropout, the same
+    math with `dropout`'s one pass; otherwise torch's kernel. A query whose keys are all masked gets
+    zeros, as in torch's math form."""
+    if dropout_p == 0.0 or is_causal or q.device.type != "cpu" or q.dtype != torch.float32 or ops() is None:
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
+        )
+    scores = (q @ k.transpose(-2, -1)).mul_(1 / math.sqrt(q.size(-1)))  # (..., Q, S)
+    if attn_mask is None:
+        return dropout(scores.softmax(dim=-1), dropout_p) @ v
+    weights = scores.masked_fill_(~attn_mask, float("-inf")).softmax(dim=-1)
+    if not bool(attn_mask.any(dim=-1).all()):  # a query with no key: NaNs from the softmax, zeros here
+        weights = weights.masked_fill(~attn_mask, 0.0)
+    return dropout(weights, dropout_p) @ v

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from roberta import kernels
 from roberta.checkpoint import PretrainedModel
 from roberta.config import RobertaConfig
 from roberta.packing import (
@@ -90,6 +91,15 @@ def dense_grad(param: torch.Tensor) -> None:
         param.grad = param.grad.to_dense()
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout (the same contract and state), in one pass on the CPU where roberta/kernels.py's
+    kernels are built (`kernels.dropout`): torch's CPU dropout is three, its Bernoulli draw the
+    slowest of a training step's elementwise work."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.dropout(x, self.p, self.training)
+
+
 class Embeddings(nn.Module):
     """Token embedding + position embedding (+ token type), then LayerNorm and dropout.
 
@@ -116,7 +126,7 @@ class Embeddings(nn.Module):
             nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
         )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(
         self,
@@ -195,7 +205,7 @@ class SelfAttention(nn.Module):
         if output_attentions:
             y, weights = attention_weights(q, k, v, mask, dropout_p)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            y = kernels.scaled_dot_product_attention(q, k, v, mask, dropout_p)
             weights = None
         y = y.transpose(1, 2).reshape(B, T, C)  # concatenate the heads: (B, T, nh * hs)
         return self.output(y, residual), weights
@@ -213,7 +223,7 @@ def attention_weights(
     Padding keys get weight exactly 0; each query's weights over the real keys sum to 1.
     """
     weights = attention_scores(q, k, mask).softmax(dim=-1)  # (B, nh, T, T)
-    return F.dropout(weights, p=dropout_p) @ v, weights
+    return kernels.dropout(weights, dropout_p) @ v, weights
 
 
 def attention_scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -283,7 +293,7 @@ class EncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(
         self,

@@ -47,7 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from roberta import kernels
 
 eager = torch.compiler.disable  # run as plain Python under torch.compile (a graph break, no guards)
 
@@ -304,7 +305,7 @@ def grouped_attention(
             qg = q.index_select(0, g.q_rows).view(g.b, g.Q, nh, hs).transpose(1, 2)  # (b, nh, Q, hs)
             kvg = kv.index_select(0, g.k_rows).view(g.b, g.S, 2, nh, hs)
             k, v = kvg.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (b, nh, S, hs)
-        y = F.scaled_dot_product_attention(qg, k, v, attn_mask=g.key_mask, dropout_p=dropout_p)
+        y = kernels.scaled_dot_product_attention(qg, k, v, g.key_mask, dropout_p)  # (b, nh, Q, hs)
         y = y.transpose(1, 2).reshape(g.b * g.Q, nh * hs)  # (b * Q, nh * hs): a view where SDPA wrote it so
         if out is None:
             return y

@@ -58,7 +58,8 @@ import warnings
 import torch
 import torch.nn as nn
 
-from roberta.kernels import cpu_features, int8_ops
+from roberta import kernels
+from roberta.kernels import cpu_features
 
 # the kernels and their weights' range
 KERNEL_QMAX = {"onednn-amx": 127, "onednn-vnni": 127, "int_mm": 127, "onednn": 63}
@@ -88,7 +89,7 @@ def fused_ops(x: torch.Tensor):
         return None
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return None
-    return int8_ops()
+    return kernels.ops()
 
 
 def quantize_rows(

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from roberta import kernels
 from roberta.atomic import write_text_atomic
 from roberta.checkpoint import PretrainedModel, head_name, hf_names
 from roberta.config import RobertaConfig
@@ -156,7 +157,7 @@ class CrossAttention(nn.Module):
         B, t, C = x.shape
         q = self.q(x).view(B, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, t, hs)
         dropout_p = self.dropout_p if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, *memory_kv, attn_mask=memory_mask, dropout_p=dropout_p)
+        y = kernels.scaled_dot_product_attention(q, *memory_kv, memory_mask, dropout_p)
         return self.out(y.transpose(1, 2).reshape(B, t, C))
 
 

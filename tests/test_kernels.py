@@ -1,14 +1,18 @@
-"""roberta/kernels.py: the compiled int8 quantizers equal quantize.py's torch-op formulas bit for bit.
+"""roberta/kernels.py: the compiled int8 quantizers equal quantize.py's torch-op formulas bit for bit;
+the one-pass dropout is dropout.
 
 The formulas are the reference (tests/test_quantize.py pins them to the integer arithmetic); the
 kernels must give the same codes and scales on any shape (rows of any length, vector loop plus
-scalar tail), any magnitude, all-zero rows, and both the AVX-512 and the AVX2 build. Where this
-machine cannot build them, the tests that need them are skipped with the reason, and the ones that
-check the fallback still run.
+scalar tail), any magnitude, all-zero rows, and both the AVX-512 and the AVX2 build. The dropout's
+masks are pinned to its hash written out in Python here, and checked as a random stream: the rate,
+no correlation between neighbours, fresh masks per call, torch.manual_seed fixing them, the backward
+pass using the forward's. Where this machine cannot build the kernels, the tests that need them are
+skipped with the reason, and the ones that check the fallback still run.
 """
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -24,7 +28,7 @@ from tests.test_packing import batch, tiny_config
 
 @pytest.fixture(scope="module")
 def ops():
-    ops = kernels.int8_ops()
+    ops = kernels.ops()
     if ops is None:
         pytest.skip(f"the int8 kernels are not built here: {kernels.unavailable_reason()}")
     return ops
@@ -96,6 +100,101 @@ def test_an_int8_model_gives_the_same_numbers_with_and_without_the_kernels(ops, 
     assert torch.equal(fast, slow)
 
 
+MASK32 = 0xFFFFFFFF
+
+
+def mix(x: int) -> int:
+    """csrc/kernels.cpp's 32-bit hash (lowbias32), in Python."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & MASK32
+    return x ^ (x >> 16)
+
+
+def kept(n: int, p: float, seed: int) -> torch.Tensor:
+    """The dropout's mask over n elements, from its hash of each index and the seed."""
+    s0, s1 = seed & MASK32, (seed >> 32) & MASK32
+    threshold = min(round(p * 2**32), MASK32)
+    draws = [mix((mix((i & MASK32) ^ s0) + (i >> 32) + s1) & MASK32) for i in range(n)]
+    return torch.tensor([d >= threshold for d in draws])
+
+
+def test_dropout_keeps_what_its_hash_says_and_scales_it(ops):
+    x = torch.randn(1000) + 3.0  # no zeros of its own
+    for p, seed in [(0.1, 12345), (0.5, 2**40 + 7), (0.9, 2**63 - 1)]:
+        y = ops.dropout(x, p, seed)
+        mask = kept(len(x), p, seed)
+        assert torch.equal(y != 0, mask)  # the vector loop and the scalar tail alike
+        assert torch.equal(y[mask], x[mask] * torch.tensor(1 / (1 - p), dtype=torch.float32))
+
+
+def test_dropout_is_a_fresh_random_mask_at_rate_p(ops):
+    x = torch.ones(1000, 1000)
+    for p in (0.1, 0.5):
+        y = kernels.dropout(x, p)
+        keep = (y != 0).float()
+        rate, sd = keep.mean().item(), math.sqrt(p * (1 - p) / keep.numel())
+        assert abs(rate - (1 - p)) < 5 * sd
+        # neighbours (along a row, down a column) uncorrelated
+        for a, b in [(keep[:, 1:], keep[:, :-1]), (keep[1:], keep[:-1])]:
+            r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+            assert abs(r) < 0.01
+        assert not torch.equal(y, kernels.dropout(x, p))  # another call, another mask
+    torch.manual_seed(3)
+    first = kernels.dropout(x, 0.3)
+    torch.manual_seed(3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(kernels.dropout(x, 0.3), first)  # the seed fixes it, on any thread count
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_dropout_backward_uses_the_forward_mask(ops):
+    x = torch.randn(37, 50, requires_grad=True)
+    y = kernels.dropout(x, 0.25)
+    g = torch.randn(37, 50)
+    y.backward(g)
+    keep = y != 0
+    assert torch.equal(x.grad != 0, keep)
+    assert torch.allclose(x.grad[keep], g[keep] / 0.75)
+    # a transposed (non-contiguous) input and gradient take the same path
+    xt = torch.randn(50, 37).t().requires_grad_()
+    kernels.dropout(xt, 0.5).sum().backward()
+    assert xt.grad.shape == (37, 50)
+
+
+def test_dropout_elsewhere_and_off_is_torchs(ops):
+    x = torch.randn(8, 8, dtype=torch.float64)
+    torch.manual_seed(0)
+    want = torch.nn.functional.dropout(x, 0.5, True)
+    torch.manual_seed(0)
+    assert torch.equal(kernels.dropout(x, 0.5), want)  # float64: torch's own
+    y = torch.randn(8, 8)
+    assert kernels.dropout(y, 0.5, training=False) is y and kernels.dropout(y, 0.0) is y
+
+
+def test_attention_with_dropout_is_the_math_form_with_that_dropout(ops):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    mask[0, ..., 3:] = False
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(kernels.scaled_dot_product_attention(q, k, v, mask, 0.0), plain, atol=1e-6)
+    torch.manual_seed(1)
+    got = kernels.scaled_dot_product_attention(q, k, v, mask, 0.2)
+    torch.manual_seed(1)
+    seed = int(torch.empty((), dtype=torch.int64).random_())  # the seed the call drew
+    weights = (q @ k.transpose(-2, -1) / math.sqrt(8)).masked_fill(~mask, float("-inf")).softmax(-1)
+    assert torch.allclose(got, ops.dropout(weights.contiguous(), 0.2, seed) @ v, atol=1e-6)
+    # a query with no key to attend gets zeros, as in torch's math form
+    mask[1] = False
+    out = kernels.scaled_dot_product_attention(q, k, v, mask, 0.2)
+    assert torch.equal(out[1], torch.zeros_like(out[1])) and not out.isnan().any()
+
+
 @pytest.mark.slow
 def test_the_avx2_build_equals_the_formulas_too(ops):
     """The build for CPUs without AVX-512 (an AMD EPYC of the AVX2 generation), compiled here with
@@ -104,7 +203,7 @@ def test_the_avx2_build_equals_the_formulas_too(ops):
         """
         import torch
         from roberta import kernels, quantize
-        from tests.test_kernels import inputs
+        from tests.test_kernels import inputs, kept
         ops = kernels.build(["-O3", "-march=native", "-mno-avx512f", "-fopenmp"])
         assert ops.isa() == "avx2", ops.isa()
         for x in inputs():
@@ -116,6 +215,8 @@ def test_the_avx2_build_equals_the_formulas_too(ops):
                     quantize.quantize_rows_above(h, quantize.GELU_FLOOR)]
             for (a, s), (b, t) in zip(got, want):
                 assert torch.equal(a, b) and torch.equal(s, t), tuple(x.shape)
+        x = torch.randn(1000) + 3.0
+        assert torch.equal(ops.dropout(x, 0.3, 99) != 0, kept(1000, 0.3, 99))
         print("ok")
         """
     )

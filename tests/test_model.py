@@ -252,9 +252,10 @@ def test_a_layer_at_inference_adds_each_residual_in_its_linear():
         with OpNames() as ops:
             got, _ = layer(x, None)
     assert (got - want).abs().max() < TOL
-    assert ops.names.count("aten.addmm_") == 2 and "aten.bernoulli_" not in ops.names
+    draws = ("aten.bernoulli_", "roberta.dropout")  # torch's dropout, or roberta/kernels.py's
+    assert ops.names.count("aten.addmm_") == 2 and not set(draws) & set(ops.names)
     layer.train()
     with OpNames() as ops:
         layer(x, None)
     # dropout draws its masks: the attention weights', then each branch's
-    assert "aten.addmm_" not in ops.names and ops.names.count("aten.bernoulli_") == 3
+    assert "aten.addmm_" not in ops.names and sum(ops.names.count(d) for d in draws) == 3

@@ -1,7 +1,9 @@
+// roberta/kernels.py compiles this file for the running CPU on first use (torch.ops.roberta.*).
+//
 // Per-row int8 quantization for roberta/quantize.py, one read of the input: each row's absmax (or
 // max) and its int8 codes in one task while the row is in cache, rows spread over torch's threads.
-// roberta/kernels.py compiles this file for the running CPU on first use; the results equal
-// quantize.py's torch-op formulas bit for bit (tests/test_kernels.py), which stay the fallback.
+// The results equal quantize.py's torch-op formulas bit for bit (tests/test_kernels.py), which
+// stay the fallback.
 //
 //   torch.ops.roberta.quantize_rows(x, u8)    x (M, K) fp32 -> (codes (M, K), scale (M, 1))
 //       scale = max(|row|.max(), FLT_MIN) / 127;  codes = nearbyint(x / scale) as int8 in
@@ -13,6 +15,14 @@
 //
 // The arithmetic is the formulas' own, in fp32, in their order (a subtraction, a division, a
 // round-half-to-even), so the vector code and the scalar tail give the same codes.
+//
+// Dropout for training (roberta/kernels.py's `dropout`), one pass instead of torch's three (a
+// Bernoulli draw per element, its scaling, the product), with a counter-based random stream:
+//
+//   torch.ops.roberta.dropout(x, p, seed)     x contiguous fp32 -> x * keep / (1 - p)
+//       keep[i] = hash(i, seed) >= p * 2^32: element i's draw depends on its index and the seed
+//       alone, so the same call gives the gradient's mask in the backward pass (no mask is
+//       stored) and every thread count and instruction set gives the same masks.
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -176,9 +186,75 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_above(const at::Tensor& x, doub
   return {codes, scale};
 }
 
-// torch.ops.roberta.*: dispatcher ops, so that torch.profiler names them (benchmarks/profile_a.py)
+namespace {
+
+// lowbias32 (C. Wellons' hash prospector): a 32-bit integer hash whose output bits each flip with
+// probability ~1/2 for any flipped input bit. Two rounds over the index's halves and the seed.
+inline uint32_t mix(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  x ^= x >> 16;
+  return x;
+}
+
+inline uint32_t draw(int64_t i, uint32_t s0, uint32_t s1) {
+  return mix(mix(static_cast<uint32_t>(i) ^ s0) + static_cast<uint32_t>(static_cast<uint64_t>(i) >> 32) + s1);
+}
+
+}  // namespace
+
+at::Tensor dropout(const at::Tensor& x, double p, int64_t seed) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "x must be a contiguous fp32 CPU tensor");
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "dropout probability must be in [0, 1), got ", p);
+  at::Tensor y = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t n = x.numel();
+  const uint64_t t = static_cast<uint64_t>(std::llround(p * 4294967296.0));
+  const uint32_t threshold = t > 0xffffffffULL ? 0xffffffffU : static_cast<uint32_t>(t);
+  const float scale = static_cast<float>(1.0 / (1.0 - p));
+  const uint32_t s0 = static_cast<uint32_t>(seed), s1 = static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32);
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+#if defined(__AVX512F__)
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i m1 = _mm512_set1_epi32(0x7feb352d), m2 = _mm512_set1_epi32(static_cast<int>(0x846ca68bU));
+    const __m512i vs0 = _mm512_set1_epi32(static_cast<int>(s0)), vthr = _mm512_set1_epi32(static_cast<int>(threshold));
+    const __m512 vscale = _mm512_set1_ps(scale);
+    auto vmix = [&](__m512i h) {
+      h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+      h = _mm512_mullo_epi32(h, m1);
+      h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 15));
+      h = _mm512_mullo_epi32(h, m2);
+      return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+    };
+    for (; i + 16 <= end && (static_cast<uint64_t>(i) >> 32) == (static_cast<uint64_t>(i + 15) >> 32); i += 16) {
+      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(i))), lanes);
+      const uint32_t high = static_cast<uint32_t>(static_cast<uint64_t>(i) >> 32) + s1;
+      const __m512i h = vmix(_mm512_add_epi32(vmix(_mm512_xor_si512(idx, vs0)), _mm512_set1_epi32(static_cast<int>(high))));
+      const __mmask16 keep = _mm512_cmpge_epu32_mask(h, vthr);
+      _mm512_storeu_ps(yp + i, _mm512_maskz_mul_ps(keep, _mm512_loadu_ps(xp + i), vscale));
+    }
+#endif
+    for (; i < end; ++i) yp[i] = draw(i, s0, s1) >= threshold ? xp[i] * scale : 0.0f;
+  });
+  return y;
+}
+
+// torch.ops.roberta.*: dispatcher ops with CPU kernels, so that torch.profiler and dispatch modes
+// see them by name (benchmarks/profile_a.py)
 TORCH_LIBRARY(roberta, m) {
   m.def("isa() -> str", &isa);
-  m.def("quantize_rows(Tensor x, bool u8) -> (Tensor, Tensor)", &quantize_rows);
-  m.def("quantize_rows_above(Tensor x, float floor, float step) -> (Tensor, Tensor)", &quantize_rows_above);
+  m.def("quantize_rows(Tensor x, bool u8) -> (Tensor, Tensor)");
+  m.def("quantize_rows_above(Tensor x, float floor, float step) -> (Tensor, Tensor)");
+  m.def("dropout(Tensor x, float p, int seed) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(roberta, CPU, m) {
+  m.impl("quantize_rows", &quantize_rows);
+  m.impl("quantize_rows_above", &quantize_rows_above);
+  m.impl("dropout", &dropout);
 }
