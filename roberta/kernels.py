@@ -14,8 +14,8 @@ for a few operations per element, where one loop would do them all:
   --dtype int8 --workload B`). The kernel does the same arithmetic a row at a time while the row is
   in cache: one read of the input, one write of the codes, bit for bit the formulas' results
   (tests/test_kernels.py), which stay the path wherever the kernels are not built.
-- dropout in training is a Bernoulli draw per element (torch's generator, about 5 ns an element
-  here), a division and a product, three times per layer. The kernel draws from a counter-based
+- dropout in training is a Bernoulli draw per element from torch's generator, a division and a
+  product: three passes, three times per layer, the draw the slowest. The kernel draws from a counter-based
   hash of each element's index and a seed taken from torch's generator (so torch.manual_seed
   still fixes a run), keeps an element where its draw clears p, and scales it, in one pass; the
   backward pass makes the same mask from the same seed instead of storing it. Its masks are not
@@ -24,7 +24,7 @@ for a few operations per element, where one loop would do them all:
 All of them run on torch's threads (OpenMP) with AVX-512 or AVX2.
 
 How. `torch.utils.cpp_extension.load` builds `csrc/kernels.cpp` with the system's C++ compiler,
-`-march=native`, once per CPU, source and torch version (about 10 s here), into
+`-march=native`, once per CPU, source and torch version (the first process waits for it), into
 $ROBERTA_KERNELS_DIR (default ~/.cache/roberta/kernels); later processes load the cached library.
 It needs a C++ compiler and ninja (a dependency: `pip install ninja` puts one beside Python).
 Where either is missing, the build fails, the CPU is not x86-64 or has neither AVX-512 nor AVX2,
@@ -161,18 +161,17 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     (see the module docstring); elsewhere torch's."""
     if not training or p == 0.0:
         return x
-    fast = (
-        0.0 < p < 1.0
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and ops() is not None
-    )
-    if not fast:
+    if not (0.0 < p < 1.0 and fast_dropout(x)):
         return torch.nn.functional.dropout(x, p, training)
     seed = int(torch.empty((), dtype=torch.int64).random_())  # from torch's generator: manual_seed fixes it
     return _Dropout.apply(x, p, seed)
+
+
+def fast_dropout(x: torch.Tensor) -> bool:
+    """Whether `dropout` takes the kernel for x: fp32 on the CPU, in eager mode, the kernels built."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and ops() is not None
 
 
 class _Dropout(torch.autograd.Function):
@@ -201,7 +200,8 @@ def scaled_dot_product_attention(
     the CPU in fp32, where torch computes it in its math form with its three-pass dropout, the same
     math with `dropout`'s one pass; otherwise torch's kernel. A query whose keys are all masked gets
     zeros, as in torch's math form."""
-    if dropout_p == 0.0 or is_causal or q.device.type != "cpu" or q.dtype != torch.float32 or ops() is None:
+    boolean = attn_mask is None or attn_mask.dtype == torch.bool
+    if dropout_p == 0.0 or is_causal or not boolean or not fast_dropout(q):
         return torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
         )

@@ -1,5 +1,8 @@
 """A/B of roberta/kernels.py's compiled CPU ops against the torch ops they replace, in one process.
 
+(Not named kernels.py: benchmarks/ is on the scripts' import path, and transformers imports a
+package of that name where one is found.)
+
 In one process, taking turns batch by batch on the same weights and inputs (roberta-base sizes,
 random weights, speed.py's workloads):
   int8 A, B   inference of the int8 model (roberta/quantize.py), its input rows quantized by the
@@ -8,8 +11,8 @@ random weights, speed.py's workloads):
               or by torch (F.dropout, and F.scaled_dot_product_attention's own for the weights).
 Prints each side's median time and the ratio, with the CPU and the kernels' instruction set.
 
-    python benchmarks/kernels.py                 # about 4 minutes on 2 cores
-    python benchmarks/kernels.py --out benchmarks/results/cpu-kernels-amx.txt
+    python benchmarks/cpu_kernels.py                 # about 4 minutes on 2 cores
+    python benchmarks/cpu_kernels.py --out benchmarks/results/cpu-kernels-amx.txt
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         f"roberta/kernels.py's ops ({ops.isa()}) against torch's, roberta-base sizes, random weights, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         f"CPU: {m['cpu']}; torch CPU capability {m['torch_capability']}; int8 kernel {m['int8_kernel']}",
-        f"command: python benchmarks/kernels.py --rounds {args.rounds}",
+        f"command: python benchmarks/cpu_kernels.py --rounds {args.rounds}",
     ]
     print("\n".join(lines), flush=True)
     config = RobertaConfig()
