@@ -296,6 +296,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     for encoder in [m for m in model.modules() if isinstance(m, Encoder)]:
         encoder.round_rows = None  # oneDNN's rounded rows (roberta/onednn.py), not the int8 kernels'
     in_place_gelus(model)
+    kernels.ops()  # the compiled quantizers (roberta/kernels.py) built now, at load, not at a first request
     return model.eval()
 
 
