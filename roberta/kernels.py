@@ -101,7 +101,9 @@ def build(flags: list[str] = FLAGS):
     name = build_name(flags)
     folder = build_root() / name
     if not any(folder.glob(f"{name}*.so")):
-        print(f"roberta: compiling its CPU kernels for this CPU, once, into {folder} ...", file=sys.stderr)
+        print(
+            f"roberta: compiling its CPU kernels for this machine, once, into {folder} ...", file=sys.stderr
+        )
     folder.mkdir(parents=True, exist_ok=True)
     load(
         name,
