@@ -128,6 +128,16 @@ def ops():
     return _loaded[0]
 
 
+def ops_for(x: torch.Tensor):
+    """`ops()` where they can take x, an fp32 CPU tensor in eager mode (not while torch.compile or
+    tracing records a graph, which cannot see into them); else None: torch's ops run."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return None
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    return ops()
+
+
 def unavailable_reason() -> str | None:
     """Why `ops()` is None, or None where it is not (or has not been asked yet)."""
     return _why_not
@@ -163,17 +173,10 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     (see the module docstring); elsewhere torch's."""
     if not training or p == 0.0:
         return x
-    if not (0.0 < p < 1.0 and fast_dropout(x)):
+    if not (0.0 < p < 1.0 and ops_for(x) is not None):
         return torch.nn.functional.dropout(x, p, training)
     seed = int(torch.empty((), dtype=torch.int64).random_())  # from torch's generator: manual_seed fixes it
     return _Dropout.apply(x, p, seed)
-
-
-def fast_dropout(x: torch.Tensor) -> bool:
-    """Whether `dropout` takes the kernel for x: fp32 on the CPU, in eager mode, the kernels built."""
-    if x.device.type != "cpu" or x.dtype != torch.float32:
-        return False
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and ops() is not None
 
 
 class _Dropout(torch.autograd.Function):
@@ -203,7 +206,7 @@ def scaled_dot_product_attention(
     math with `dropout`'s one pass; otherwise torch's kernel. A query whose keys are all masked gets
     zeros, as in torch's math form."""
     boolean = attn_mask is None or attn_mask.dtype == torch.bool
-    if dropout_p == 0.0 or is_causal or not boolean or not fast_dropout(q):
+    if dropout_p == 0.0 or is_causal or not boolean or ops_for(q) is None:
         return torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
         )

@@ -85,11 +85,7 @@ def to_u8(x_q: torch.Tensor, inplace: bool = False) -> torch.Tensor:
 def fused_ops(x: torch.Tensor):
     """roberta/kernels.py's compiled quantizers where they take x ((M, K) fp32 on the CPU, eager,
     no gradient), else None: the torch-op formulas below, which they equal bit for bit."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.requires_grad:
-        return None
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return None
-    return kernels.ops()
+    return None if x.dim() != 2 or x.requires_grad else kernels.ops_for(x)
 
 
 def quantize_rows(
