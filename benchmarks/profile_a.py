@@ -45,10 +45,10 @@ import speed  # noqa: E402
 
 KINDS = [  # (kind, substrings of op names), first match wins
     ("GEMM", ("aten::addmm", "aten::mm", "qlinear_pointwise", "aten::_int_mm", "mkldnn::_linear")),
-    ("attention", ("scaled_dot_product", "flash_attention", "aten::bmm", "aten::baddbmm", "softmax")),
+    ("attention", ("roberta::varlen_attention", "scaled_dot_product", "flash_attention", "aten::bmm", "aten::baddbmm", "softmax")),
     ("int8 (de)quantize", ("roberta::quantize", "aten::amax", "aten::amin", "aten::round", "aten::div", "aten::_to_copy", "bitwise_xor",
                            "aten::addcmul", "aten::clamp", "aten::maximum", "aten::neg")),
-    ("bias/GELU/LayerNorm/residual", ("aten::gelu", "layer_norm", "aten::add", "aten::mul")),
+    ("bias/GELU/LayerNorm/residual", ("aten::gelu", "layer_norm", "aten::add", "aten::mul", "roberta::bias_gelu")),
     ("pack/unpack", ("index_select", "index_copy", "repeat_interleave", "aten::nonzero", "argsort",
                      "aten::sort", "aten::cumsum", "aten::index", "aten::item", "_local_scalar_dense")),
 ]  # fmt: skip

@@ -1,10 +1,14 @@
-"""Fused CPU kernels, compiled for the running CPU on first use: int8's row quantizing, training's dropout.
+"""Fused CPU kernels, compiled for the running CPU on first use: int8's row quantizing, training's
+dropout, and fp32 inference's attention and the passes around its matmuls.
 
     ops = kernels.ops()     # torch.ops.roberta once built here, or None where it cannot be
     ops.quantize_rows(x, u8)                    # what quantize.quantize_rows computes
     ops.quantize_rows_above(x, floor, step)     # what quantize.quantize_rows_above computes
     y = kernels.dropout(x, p, training)         # F.dropout's contract, one pass where ops() is built
     y = kernels.scaled_dot_product_attention(q, k, v, mask, dropout_p)   # F's, with that dropout
+    y = kernels.varlen_attention(q, k, v, bounds, heads, rows)   # every sequence of a packed batch
+    ops.bias_gelu_(h, bias)                     # h = GELU(h + bias), in place
+    ops.add_layer_norm_(y, bias, residual, weight, beta, eps)   # y = LayerNorm(y + bias + residual)
 
 Why. Some of the CPU's time goes to chains of torch ops that each make a pass over a whole tensor
 for a few operations per element, where one loop would do them all:
@@ -21,6 +25,13 @@ for a few operations per element, where one loop would do them all:
   backward pass makes the same mask from the same seed instead of storing it. Its masks are not
   torch's (another random stream, the same distribution: tests/test_kernels.py checks the rate
   and independence).
+- fp32 inference (roberta/packing.py, roberta/model.py): a packed batch's attention was one SDPA
+  call per group of similar lengths, each gathering its sequences' rows into a padded block and
+  scattering the result back; `varlen_attention` reads every sequence's rows where they are, in one
+  call. Around the matmuls, torch's path copies a bias into each output before the GEMM, adds the
+  residual and then normalises in two passes more, and runs the GELU in its own; `bias_gelu_` and
+  `add_layer_norm_` do each block's end in one pass over the matmul's output. All three are fp32
+  sums in another order: within 1e-5 of torch's ops (tests/test_kernels.py, tests/test_packing.py).
 All of them run on torch's threads (OpenMP) with AVX-512 or AVX2.
 
 How. `torch.utils.cpp_extension.load` builds `csrc/kernels.cpp` with the system's C++ compiler,
@@ -191,6 +202,39 @@ class _Dropout(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         return torch.ops.roberta.dropout(grad.contiguous(), ctx.p, ctx.seed), None, None
+
+
+def attention_ops(x: torch.Tensor, dropout_p: float = 0.0):
+    """`ops_for(x)` where `varlen_attention` may take x's attention: no dropout and no gradient
+    wanted through x (the kernel has no backward); else None."""
+    if dropout_p > 0.0 or (torch.is_grad_enabled() and x.requires_grad):
+        return None
+    return ops_for(x)
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bounds: torch.Tensor,
+    heads: int,
+    rows: int,
+    q_bias: torch.Tensor | None = None,
+    v_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """softmax(q kᵀ/√d) v of each sequence over its own keys, every head, in one call, on packed rows.
+
+    q: (M, C) queries, k and v: (N, C) keys and values, fp32 rows (each row contiguous, any row
+    stride: column slices of a fused projection's output do), heads side by side (C = heads * d);
+    q_bias and v_bias (C,), where given, are added to every query and value first. bounds: (B, 4)
+    int64, per sequence its queries' first row and count in q, its keys' first row and count in k
+    and v. Returns (rows, C): each query's attention over its sequence's keys; zeros at a query with
+    no key and at the rows after the last query. Where `attention_ops(q)` is not None.
+
+    One task per (sequence, head) on torch's threads, its keys transposed into a buffer and its
+    queries taken four at a time against them in registers: no gather, no padding, one call for a
+    batch of any lengths (`python benchmarks/cpu_kernels.py` times it against packing.py's SDPA calls)."""
+    return torch.ops.roberta.varlen_attention(q, k, v, bounds, heads, rows, q_bias, v_bias)
 
 
 def scaled_dot_product_attention(

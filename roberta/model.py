@@ -186,20 +186,28 @@ class SelfAttention(nn.Module):
         output_attentions: bool = False,
         subset: Subset | None = None,
         residual: torch.Tensor | None = None,
+        norm: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, T, C) with mask (B, 1, 1, T) bool, True = may attend (a real key), or None (all real).
         Or x: (N, C), a batch's real tokens packed, with mask the `Packing` saying whose they are;
         then `subset` may name the rows whose output is wanted: (M, C) comes back.
-        Returns x's shape; with `residual` (that shape), residual + the attention (`add_linear`)."""
+        Returns x's shape; with `residual` (that shape), residual + the attention, and with `norm`
+        too, norm(residual + the attention) (`add_norm`)."""
         dropout_p = self.dropout_p if self.training else 0.0
         if subset is not None:  # queries at the subset rows only; keys and values at every row
             C = x.shape[-1]
             q = self.project(x.index_select(0, subset.indices), 0, C).view(-1, self.n_head, self.head_dim)
             kv = self.project(x, C, 3 * C).view(-1, 2, self.n_head, self.head_dim)  # (N, 2, nh, hs)
-            return self.output(subset_attention(q, kv, mask, subset, dropout_p), residual), None  # (M, C)
+            y = subset_attention(q, kv, mask, subset, dropout_p)  # (M, C)
+            return self.output(y, residual, norm), None
         if isinstance(mask, Packing):
-            qkv = self.qkv(x).view(-1, 3, self.n_head, self.head_dim)  # (N, 3, nh, hs)
-            return self.output(packed_attention(qkv, mask, dropout_p), residual), None  # (N, C)
+            bias = None
+            if fused_ops(self.qkv, x) is not None and kernels.attention_ops(x, dropout_p) is not None:
+                qkv, bias = x @ self.qkv.weight.t(), self.qkv.bias  # the kernel adds the bias as it reads
+            else:
+                qkv = self.qkv(x)
+            y = packed_attention(qkv.view(-1, 3, self.n_head, self.head_dim), mask, dropout_p, bias)  # (N, C)
+            return self.output(y, residual, norm), None
         B, T, C = x.shape
         q, k, v = self.heads(x)
         if output_attentions:
@@ -208,11 +216,13 @@ class SelfAttention(nn.Module):
             y = kernels.scaled_dot_product_attention(q, k, v, mask, dropout_p)
             weights = None
         y = y.transpose(1, 2).reshape(B, T, C)  # concatenate the heads: (B, T, nh * hs)
-        return self.output(y, residual), weights
+        return self.output(y, residual, norm), weights
 
-    def output(self, y: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        """Wᴼ over the concatenated heads y, plus `residual` where given."""
-        return self.out(y) if residual is None else add_linear(residual, self.out, y)
+    def output(
+        self, y: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module | None = None
+    ) -> torch.Tensor:
+        """Wᴼ over the concatenated heads y, plus `residual` where given, then `norm` where given."""
+        return self.out(y) if residual is None else add_norm(residual, self.out, y, norm)
 
 
 def attention_weights(
@@ -243,10 +253,49 @@ class FeedForward(nn.Module):
         self.act = nn.GELU()  # exact (erf); roberta/onednn.py may fuse it into fc1 at inference
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """FFN(x); with `residual` (x's shape), residual + FFN(x) (`add_linear`)."""
-        h = self.act(self.fc1(x))  # (..., 4C)
-        return self.fc2(h) if residual is None else add_linear(residual, self.fc2, h)
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, norm: nn.Module | None = None
+    ) -> torch.Tensor:
+        """FFN(x); with `residual` (x's shape), residual + FFN(x), and with `norm` too,
+        norm(residual + FFN(x)) (`add_norm`)."""
+        h = linear_gelu(self.fc1, self.act, x)  # (..., 4C)
+        return self.fc2(h) if residual is None else add_norm(residual, self.fc2, h, norm)
+
+
+def fused_ops(linear: nn.Module, *tensors: torch.Tensor):
+    """roberta/kernels.py's ops where a plain nn.Linear with a bias may leave its bias, and what
+    follows it, to them: fp32 CPU inference (`cpu_fp32_inference`) with the kernels built; else None."""
+    if type(linear) is not nn.Linear or linear.bias is None:
+        return None
+    return kernels.ops() if cpu_fp32_inference(*tensors, linear.weight) else None
+
+
+def linear_gelu(linear: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """act(linear(x)), the FFN's first half. With the exact GELU at fp32 CPU inference (`fused_ops`):
+    the matmul without its bias, then the bias and the GELU in one pass over its output, in place
+    (`kernels.bias_gelu_`), instead of the bias copied into the output first and the GELU's pass."""
+    ops = fused_ops(linear, x) if isinstance(act, nn.GELU) and act.approximate == "none" else None
+    if ops is None:
+        return act(linear(x))
+    h = torch.mm(x.reshape(-1, linear.in_features), linear.weight.t())  # (M, 4C)
+    return ops.bias_gelu_(h, linear.bias).view(*x.shape[:-1], linear.out_features)
+
+
+def add_norm(
+    residual: torch.Tensor, linear: nn.Module, h: torch.Tensor, norm: nn.Module | None
+) -> torch.Tensor:
+    """norm(residual + linear(h)): a post-LN block's end (without `norm`, the sum: `add_linear`).
+    With a LayerNorm at fp32 CPU inference (`fused_ops`): the matmul without its bias, then the
+    bias, the residual and the LayerNorm in one pass over its output, in place
+    (`kernels.add_layer_norm_`), instead of the residual's sum written first and two passes after."""
+    affine = type(norm) is nn.LayerNorm and norm.elementwise_affine and norm.bias is not None
+    ops = fused_ops(linear, residual, h) if affine and len(norm.normalized_shape) == 1 else None
+    if ops is None:
+        s = add_linear(residual, linear, h)
+        return s if norm is None else norm(s)
+    y = torch.mm(h.reshape(-1, linear.in_features), linear.weight.t())  # (M, C)
+    r = residual.reshape(-1, linear.out_features).contiguous()
+    return ops.add_layer_norm_(y, linear.bias, r, norm.weight, norm.bias, norm.eps).view(residual.shape)
 
 
 def add_linear(residual: torch.Tensor, linear: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -308,10 +357,10 @@ class EncoderLayer(nn.Module):
             a, weights = self.attn(x, mask, output_attentions, subset)
             x = self.norm1(r + self.dropout(a))
             return self.norm2(x + self.dropout(self.ffn(x))), weights
-        # no dropout: the same sums, each added by its branch's last linear (`add_linear`)
-        s, weights = self.attn(x, mask, output_attentions, subset, residual=r)  # r + Attn(x)
-        x = self.norm1(s)
-        return self.norm2(self.ffn(x, residual=x)), weights
+        # no dropout: the same sums, each added by its branch's last linear, which hands its
+        # output to the LayerNorm (`add_norm`)
+        x, weights = self.attn(x, mask, output_attentions, subset, residual=r, norm=self.norm1)
+        return self.ffn(x, residual=x, norm=self.norm2), weights
 
 
 @dataclass

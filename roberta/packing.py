@@ -10,6 +10,12 @@ which treat every position alike, so the encoder computes them on the real token
     packed_attention(qkv, packing)         # each sequence attends to its own real tokens only
     x = unpack(x, packing)                 # (N, C) -> (B, T, C)
 
+How the attention runs. At inference on the CPU, where roberta/kernels.py's kernels are built: one
+call of its `varlen_attention` for the whole batch, reading each sequence's rows where they lie
+(`Packing.bounds`). Elsewhere (training, whose dropout and gradient that kernel lacks; GPUs; no
+compiler), sequences of similar length share an SDPA call, gathered into a padded block and their
+outputs put back in place (`Packing.attention_plan`, `grouped_attention`).
+
 What padding positions hold. The padded computation gives them values too: a padding query
 attends to its row's real keys. Task code can see them (a question-answering loss takes its
 softmax over all T positions, as in transformers), so we keep them rather than invent new ones.
@@ -106,6 +112,12 @@ class Packing:
     def attention_plan(self) -> AttentionPlan:
         """Every packed row a query (`packed_attention`): the plan, made at the first layer."""
         return make_plan(self.sizes, self, call_cost(self.indices.device), self.indices.device, self.spare)
+
+    @functools.cached_property
+    def bounds(self) -> torch.Tensor:
+        """(B, 4) int64 on the CPU: each sequence's first packed row and row count (its queries),
+        then its first row and real tokens (its keys): `kernels.varlen_attention`'s plan."""
+        return attention_bounds(self.sizes, self)
 
     @property
     def num_rows(self) -> int:
@@ -313,20 +325,43 @@ def grouped_attention(
     return out[: plan.rows]  # (M + spare, nh * hs)
 
 
+def attention_bounds(counts: tuple[int, ...], packing: Packing) -> torch.Tensor:
+    """(B, 4) int64: for counts[i] queries of each sequence i (consecutive rows, sequence after
+    sequence), their first row and count, then the sequence's first packed row and real tokens."""
+    q_start = itertools.accumulate(counts, initial=0)
+    k_start = itertools.accumulate(packing.sizes, initial=0)
+    return torch.tensor(
+        list(zip(q_start, counts, k_start, packing.lengths, strict=False)), dtype=torch.long
+    ).view(-1, 4)
+
+
 def call_cost(device: torch.device) -> float:
     """One group per call where launches are cheap next to padding (CPU), one call elsewhere (GPU)."""
     return CPU_CALL_COST if device.type == "cpu" else float("inf")
 
 
 @eager
-def packed_attention(qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0) -> torch.Tensor:
+def packed_attention(
+    qkv: torch.Tensor, packing: Packing, dropout_p: float = 0.0, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """softmax(QKᵀ/√d_k)·V of each sequence over its own real keys, on packed rows.
 
-    qkv: (N + spare, 3, nh, hs) queries, keys and values of the packed rows. Returns
-    (N + spare, nh * hs), the heads concatenated, zeros at the spare rows. Equals SDPA on the
-    padded batch with padding keys masked, at every row.
-    Sequences of similar length share one SDPA call (`Packing.attention_plan`, made once per batch).
+    qkv: (N + spare, 3, nh, hs) queries, keys and values of the packed rows; bias: (3 * nh * hs,)
+    the projection's bias where qkv comes without it. Returns (N + spare, nh * hs), the heads
+    concatenated, zeros at the spare rows. Equals SDPA on the padded batch with padding keys
+    masked, at every row.
+    At inference on the CPU, one call of roberta/kernels.py's `varlen_attention` for the batch; it
+    adds Q's and V's bias as it reads them, and needs no K bias: that adds q·b_k to each score of a
+    query alike, which the softmax takes away. Elsewhere sequences of similar length share one SDPA
+    call (`Packing.attention_plan`, made once per batch).
     """
+    rows, (_, nh, hs) = qkv.shape[0], qkv.shape[1:]
+    if kernels.attention_ops(qkv, dropout_p) is not None:
+        q, k, v = qkv.view(rows, 3 * nh * hs).chunk(3, dim=1)  # 3 x (N + spare, C), rows 3C apart
+        q_bias, _, v_bias = bias.chunk(3) if bias is not None else (None, None, None)
+        return kernels.varlen_attention(q, k, v, packing.bounds, nh, rows, q_bias, v_bias)
+    if bias is not None:
+        qkv = qkv + bias.view(3, nh, hs)
     return grouped_attention(qkv, None, packing.attention_plan, dropout_p)
 
 
@@ -340,5 +375,10 @@ def subset_attention(
     Returns (M, nh * hs). A classifier reads one position per sequence and the MLM loss the masked
     ones, so the last layer needs queries, attention, Wᴼ and the FFN at those rows only.
     """
+    if kernels.attention_ops(q, dropout_p) is not None:
+        (M, nh, hs), N = q.shape, kv.shape[0]
+        k, v = kv.reshape(N, 2 * nh * hs).chunk(2, dim=1)  # 2 x (N, C)
+        bounds = attention_bounds(subset.counts, packing)
+        return kernels.varlen_attention(q.reshape(M, nh * hs), k, v, bounds, nh, M)
     plan = make_plan(subset.counts, packing, call_cost(q.device), q.device)
     return grouped_attention(q, kv, plan, dropout_p)

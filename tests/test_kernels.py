@@ -195,6 +195,110 @@ def test_attention_with_dropout_is_the_math_form_with_that_dropout(ops):
     assert torch.equal(out[1], torch.zeros_like(out[1])) and not out.isnan().any()
 
 
+# ---- the inference kernels: attention over packed rows, bias+GELU, residual+LayerNorm ----------
+
+
+def sequences_attention(q, k, v, bounds, heads, rows, q_bias=None, v_bias=None) -> torch.Tensor:
+    """What varlen_attention computes, written with SDPA one sequence at a time. (rows, C)"""
+    C = q.shape[1]
+    out = torch.zeros(rows, C)
+    q = q if q_bias is None else q + q_bias
+    v = v if v_bias is None else v + v_bias
+    for q0, nq, k0, nk in bounds.tolist():
+        if nq == 0 or nk == 0:
+            continue
+        qs, ks, vs = (
+            t.reshape(n, heads, -1).transpose(0, 1)
+            for t, n in ((q[q0 : q0 + nq], nq), (k[k0 : k0 + nk], nk), (v[k0 : k0 + nk], nk))
+        )
+        y = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs)  # (heads, nq, hs)
+        out[q0 : q0 + nq] = y.transpose(0, 1).reshape(nq, C)
+    return out
+
+
+def attention_cases():
+    """(q, k, v, bounds, heads, rows): every sequence shape the encoder makes: queries = keys, one
+    query more (a padding slot), a subset of queries, no query, a query with no key, lengths past
+    one and two blocks of keys and queries, spare rows after the last query; head sizes that are and
+    are not multiples of the vector width; q, k and v as column slices of one fused output."""
+    g = torch.Generator().manual_seed(3)
+    lengths = [(5, 5), (1, 1), (13, 12), (0, 7), (1, 0), (40, 40), (70, 69), (16, 16), (3, 17)]
+    for heads, hs in [(2, 8), (4, 16), (2, 24), (12, 64), (1, 40)]:
+        C = heads * hs
+        bounds, q0, k0 = [], 0, 0
+        for nq, nk in lengths:
+            bounds.append([q0, nq, k0, nk])
+            q0, k0 = q0 + nq, k0 + max(nk, nq)
+        qkv = torch.randn(max(q0, k0) + 3, 3 * C, generator=g) * 2
+        q, k, v = qkv.chunk(3, dim=1)
+        yield q, k, v, torch.tensor(bounds), heads, q0 + 3
+
+
+def test_varlen_attention_is_each_sequences_attention(ops):
+    for q, k, v, bounds, heads, rows in attention_cases():
+        got = ops.varlen_attention(q, k, v, bounds, heads, rows)
+        want = sequences_attention(q, k, v, bounds, heads, rows)
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-5, (heads, q.shape)
+        assert not got[bounds[:, :2].sum(1).max() :].any()  # the rows after the last query: zeros
+        C = q.shape[1]
+        g = torch.Generator().manual_seed(5)
+        qb, vb = torch.randn(C, generator=g), torch.randn(C, generator=g)
+        got = ops.varlen_attention(q, k, v, bounds, heads, rows, qb, vb)
+        want = sequences_attention(q, k, v, bounds, heads, rows, qb, vb)  # no key: zeros, bias or not
+        assert (got - want).abs().max() < 1e-5
+
+
+def test_varlen_attention_refuses_bounds_outside_its_tensors(ops):
+    q = torch.randn(6, 16)
+    with pytest.raises(RuntimeError, match="fall outside"):
+        ops.varlen_attention(q, q, q, torch.tensor([[0, 4, 3, 4]]), 2, 6)  # keys 3..6 of 6 rows
+    with pytest.raises(RuntimeError, match="do not split"):
+        ops.varlen_attention(q, q, q, torch.tensor([[0, 2, 0, 2]]), 3, 6)
+
+
+def test_packed_attention_takes_the_kernel_with_the_projections_bias(ops, monkeypatch):
+    """packing.packed_attention at inference is one kernel call; given the projection's bias it
+    adds Q's and V's and leaves out K's (a shift of each query's scores that the softmax removes):
+    the torch path's numbers with the whole bias added, at every row."""
+    from roberta.packing import Packing, pack, packed_attention
+
+    ids, mask = batch(left=(1,))
+    p = Packing.from_mask(mask)
+    g = torch.Generator().manual_seed(1)
+    qkv = pack(torch.randn(*mask.shape, 3, 4, 16, generator=g), p)  # (N, 3, nh, hs)
+    bias = torch.randn(3 * 64, generator=g) * 3
+    with torch.inference_mode():
+        got = packed_attention(qkv, p, bias=bias)
+        monkeypatch.setattr(kernels, "attention_ops", lambda x, p=0.0: None)
+        want = packed_attention(qkv + bias.view(3, 4, 16), p)
+        plain = packed_attention(qkv, p, bias=bias)
+    assert (got - want).abs().max() < 1e-5 and torch.equal(plain, want)
+
+
+def test_bias_gelu_is_gelu_of_the_sum_in_place(ops):
+    g = torch.Generator().manual_seed(0)
+    for rows, cols in [(1, 3072), (7, 13), (33, 100), (5, 8), (2, 1)]:
+        h = torch.randn(rows, cols, generator=g) * 4
+        h[0, 0] = -30.0  # where erf is -1 and the GELU 0
+        b = torch.randn(cols, generator=g)
+        want = torch.nn.functional.gelu(h + b)
+        got = ops.bias_gelu_(h, b)
+        assert got.data_ptr() == h.data_ptr()
+        assert (got - want).abs().max() < 1e-5 * max(1.0, float(want.abs().max())), (rows, cols)
+
+
+def test_add_layer_norm_is_the_layer_norm_of_the_sum_in_place(ops):
+    g = torch.Generator().manual_seed(0)
+    for rows, cols in [(1, 768), (9, 13), (40, 100), (3, 8)]:
+        y, r = torch.randn(rows, cols, generator=g), torch.randn(rows, cols, generator=g) * 10 + 3
+        b, w, beta = (torch.randn(cols, generator=g) for _ in range(3))
+        want = torch.nn.functional.layer_norm(y + b + r, (cols,), w, beta, 1e-5)
+        got = ops.add_layer_norm_(y, b, r, w, beta, 1e-5)
+        assert got.data_ptr() == y.data_ptr() and (got - want).abs().max() < 1e-5, (rows, cols)
+    with pytest.raises(RuntimeError, match="residual must have"):
+        ops.add_layer_norm_(torch.randn(2, 8), b[:8], torch.randn(3, 8), w[:8], beta[:8], 1e-5)
+
+
 @pytest.mark.slow
 def test_the_avx2_build_equals_the_formulas_too(ops):
     """The build for CPUs without AVX-512 (an AMD EPYC of the AVX2 generation), compiled here with
@@ -203,7 +307,7 @@ def test_the_avx2_build_equals_the_formulas_too(ops):
         """
         import torch
         from roberta import kernels, quantize
-        from tests.test_kernels import inputs, kept
+        from tests.test_kernels import attention_cases, inputs, kept, sequences_attention
         ops = kernels.build(["-O3", "-march=native", "-mno-avx512f", "-fopenmp"])
         assert ops.isa() == "avx2", ops.isa()
         for x in inputs():
@@ -217,6 +321,14 @@ def test_the_avx2_build_equals_the_formulas_too(ops):
                 assert torch.equal(a, b) and torch.equal(s, t), tuple(x.shape)
         x = torch.randn(1000) + 3.0
         assert torch.equal(ops.dropout(x, 0.3, 99) != 0, kept(1000, 0.3, 99))
+        for q, k, v, bounds, heads, rows in attention_cases():  # the inference kernels, 8 lanes
+            want = sequences_attention(q, k, v, bounds, heads, rows)
+            assert (ops.varlen_attention(q, k, v, bounds, heads, rows) - want).abs().max() < 1e-5
+        h, b = torch.randn(5, 99) * 4, torch.randn(99)
+        assert (ops.bias_gelu_(h.clone(), b) - torch.nn.functional.gelu(h + b)).abs().max() < 1e-5
+        y, r, w = torch.randn(4, 37), torch.randn(4, 37), torch.randn(37)
+        want = torch.nn.functional.layer_norm(y + b[:37] + r, (37,), w, b[:37], 1e-5)
+        assert (ops.add_layer_norm_(y, b[:37], r, w, b[:37], 1e-5) - want).abs().max() < 1e-5
         print("ok")
         """
     )

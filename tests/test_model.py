@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from roberta import RobertaConfig, RobertaModel
+from roberta import RobertaConfig, RobertaModel, kernels
 from roberta.model import EncoderLayer, add_linear, attention_weights, position_ids_from_input_ids
 
 transformers = pytest.importorskip("transformers")
@@ -234,10 +234,17 @@ def test_add_linear_is_the_residual_plus_the_linear(kind, shape):
         assert torch.equal(out, r + linear(h)) and torch.equal(r.grad, torch.ones_like(r))
 
 
-def test_a_layer_at_inference_adds_each_residual_in_its_linear():
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_layer_at_inference_adds_each_residual_in_its_linear(fused, monkeypatch):
     """Without dropout (eval) the layer's sums x + Attn(x) and x + FFN(x) are added by Wᴼ's and the
-    FFN's second GEMM (two in-place addmm_, no separate add of the branch); the same numbers as the
-    formula op by op. With dropout (training) each branch is dropped out, then added."""
+    FFN's second GEMM (two in-place addmm_, no separate add of the branch), or, with the compiled
+    kernels, each in one pass with its bias and LayerNorm after a bias-less matmul (as is the FFN's
+    GELU); the same numbers as the formula op by op. With dropout (training) each branch is dropped
+    out, then added."""
+    if fused and kernels.ops() is None:
+        pytest.skip(f"the compiled kernels are not built here: {kernels.unavailable_reason()}")
+    if not fused:
+        monkeypatch.setattr(kernels, "ops", lambda: None)
     torch.manual_seed(0)
     config = RobertaConfig(**CONFIGS["odd"], vocab_size=50, max_position_embeddings=40)
     layer = EncoderLayer(config).eval()
@@ -253,7 +260,12 @@ def test_a_layer_at_inference_adds_each_residual_in_its_linear():
             got, _ = layer(x, None)
     assert (got - want).abs().max() < TOL
     draws = ("aten.bernoulli_", "roberta.dropout")  # torch's dropout, or roberta/kernels.py's
-    assert ops.names.count("aten.addmm_") == 2 and not set(draws) & set(ops.names)
+    assert not set(draws) & set(ops.names)
+    if fused:
+        assert ops.names.count("roberta.add_layer_norm_") == 2 and ops.names.count("roberta.bias_gelu_") == 1
+        assert not {"aten.addmm_", "aten.addmm", "aten.native_layer_norm", "aten.gelu"} & set(ops.names)
+    else:
+        assert ops.names.count("aten.addmm_") == 2
     layer.train()
     with OpNames() as ops:
         layer(x, None)

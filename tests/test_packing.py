@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from roberta import kernels
 from roberta.config import RobertaConfig
 from roberta.heads import RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification
 from roberta.model import RobertaModel
@@ -68,6 +69,16 @@ def padded_forward(model: RobertaModel, ids, mask) -> list[torch.Tensor]:
 def model() -> RobertaModel:
     torch.manual_seed(0)
     return RobertaModel(tiny_config()).eval()
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def kernels_or_not(request, monkeypatch):
+    """Inference with roberta/kernels.py's kernels (where built here), then with torch's ops alone."""
+    if request.param == "compiled" and kernels.ops() is None:
+        pytest.skip(f"the compiled kernels are not built here: {kernels.unavailable_reason()}")
+    if request.param == "torch":
+        monkeypatch.setattr(kernels, "ops", lambda: None)
+    return request.param
 
 
 # ---- the pure functions ------------------------------------------------------------------------
@@ -246,7 +257,7 @@ def test_unpadded_forward_equals_padded_at_every_position(model):
 
 
 @torch.no_grad()
-def test_alone_equals_its_row_in_a_padded_batch(model):
+def test_alone_equals_its_row_in_a_padded_batch(model, kernels_or_not):
     lengths = (11, 4, 7, 1, 11)
     ids, mask = batch(lengths, left=(1,))
     out = model(ids, mask).last_hidden_state
@@ -266,7 +277,7 @@ def test_no_padding_takes_the_padded_path_and_agrees(model):
 
 @torch.no_grad()
 @pytest.mark.parametrize("lengths,left", [((11, 4, 7, 1, 11), (1,)), ((9, 9, 9), ())])
-def test_subset_mask_equals_full_forward_at_its_positions(model, lengths, left):
+def test_subset_mask_equals_full_forward_at_its_positions(model, lengths, left, kernels_or_not):
     """Padded (either side) and unpadded batches; wanted positions real or padding; a row with none."""
     ids, mask = batch(lengths, left=left, seed=8)
     full = model(ids, mask).last_hidden_state  # (B, T, C)
@@ -299,7 +310,7 @@ def test_a_subset_of_real_tokens_packs_no_slots(model):
 
 @torch.no_grad()
 @pytest.mark.parametrize("left", [(1,), ()])
-def test_wanting_every_real_token_runs_the_layers_on_them_alone(model, left):
+def test_wanting_every_real_token_runs_the_layers_on_them_alone(model, left, kernels_or_not):
     """subset_mask = the attention mask (an embedder reads the real tokens): every layer, the last
     included, runs whole on the real tokens (no slots, no last-layer subset); their states come back
     in row-major order. Also without padding, where the (B, T) rows are all wanted."""

@@ -1,4 +1,6 @@
-// roberta/kernels.py compiles this file for the running CPU on first use (torch.ops.roberta.*).
+// roberta/kernels.py compiles this file for the running CPU on first use (torch.ops.roberta.*):
+// int8's row quantizers, training's dropout, then (further down) fp32 inference's attention over
+// packed rows and the passes around a layer's matmuls.
 //
 // Per-row int8 quantization for roberta/quantize.py, one read of the input: each row's absmax (or
 // max) and its int8 codes in one task while the row is in cache, rows spread over torch's threads.
@@ -35,6 +37,7 @@
 #include <cmath>
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace {
 
@@ -244,6 +247,505 @@ at::Tensor dropout(const at::Tensor& x, double p, int64_t seed) {
   return y;
 }
 
+// ---- attention over packed rows ------------------------------------------------------------------
+//
+//   torch.ops.roberta.varlen_attention(q, k, v, bounds, heads, rows, q_bias, v_bias)
+//       q (M, C), k and v (N, C): fp32 rows (any row stride, each row contiguous), the heads side
+//       by side (C = heads * head_dim). bounds (B, 4) int64: per sequence its queries' first row
+//       and count in q, its keys' (and values') first row and count in k and v. Returns (rows, C):
+//       at each query row softmax(q' kᵀ / √head_dim) v' over its own sequence's keys, each head
+//       apart, with q' = q + q_bias and v' = v + v_bias (each (C,) or None: zeros); zeros at a
+//       query with no key and at the rows after the last query.
+//
+// One task per (sequence, head), spread over torch's threads: the head's keys are copied transposed
+// into a buffer (so that a query's scores against W keys are W lanes of one vector), then blocks of
+// four queries take their scores, softmax and weighted sum of values with their accumulators in
+// registers. Nothing is gathered or padded across sequences, and a batch is one call, however its
+// lengths differ: what packing.py's per-group SDPA calls and their gathers cost on short sequences.
+
+namespace {
+
+#if defined(__AVX512F__)
+using Vec = __m512;
+constexpr int64_t kW = 16;
+inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline Vec vset(float x) { return _mm512_set1_ps(x); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+inline Vec vsub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline Vec vmax(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+inline float vreduce_max(Vec v) { return _mm512_reduce_max_ps(v); }
+inline float vreduce_add(Vec v) { return _mm512_reduce_add_ps(v); }
+inline Vec vpow2(Vec p, Vec n) { return _mm512_scalef_ps(p, n); }  // p * 2^n
+inline Vec vround(Vec x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+#elif defined(__AVX2__)
+using Vec = __m256;
+constexpr int64_t kW = 8;
+inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec vset(float x) { return _mm256_set1_ps(x); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec vmul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+inline Vec vsub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline Vec vmax(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+inline float vreduce_max(Vec v) { return reduce_max(v); }
+inline float vreduce_add(Vec v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+inline Vec vpow2(Vec p, Vec n) {  // p * 2^n for integral n in [-126, 127]
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+inline Vec vround(Vec x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+#endif
+
+#if defined(__AVX512F__)
+// dst[c * ds + r] = src[r * ss + c] for r, c < 16: a 16 x 16 block transposed in registers.
+inline void transpose_block(const float* src, int64_t ss, float* dst, int64_t ds) {
+  __m512 r0 = _mm512_loadu_ps(src), r1 = _mm512_loadu_ps(src + ss), r2 = _mm512_loadu_ps(src + 2 * ss),
+         r3 = _mm512_loadu_ps(src + 3 * ss), r4 = _mm512_loadu_ps(src + 4 * ss), r5 = _mm512_loadu_ps(src + 5 * ss),
+         r6 = _mm512_loadu_ps(src + 6 * ss), r7 = _mm512_loadu_ps(src + 7 * ss), r8 = _mm512_loadu_ps(src + 8 * ss),
+         r9 = _mm512_loadu_ps(src + 9 * ss), r10 = _mm512_loadu_ps(src + 10 * ss), r11 = _mm512_loadu_ps(src + 11 * ss),
+         r12 = _mm512_loadu_ps(src + 12 * ss), r13 = _mm512_loadu_ps(src + 13 * ss),
+         r14 = _mm512_loadu_ps(src + 14 * ss), r15 = _mm512_loadu_ps(src + 15 * ss);
+  // pairs of rows interleaved, then quads, then 128-bit lanes twice
+  __m512 t0 = _mm512_unpacklo_ps(r0, r1), t1 = _mm512_unpackhi_ps(r0, r1), t2 = _mm512_unpacklo_ps(r2, r3),
+         t3 = _mm512_unpackhi_ps(r2, r3), t4 = _mm512_unpacklo_ps(r4, r5), t5 = _mm512_unpackhi_ps(r4, r5),
+         t6 = _mm512_unpacklo_ps(r6, r7), t7 = _mm512_unpackhi_ps(r6, r7), t8 = _mm512_unpacklo_ps(r8, r9),
+         t9 = _mm512_unpackhi_ps(r8, r9), t10 = _mm512_unpacklo_ps(r10, r11), t11 = _mm512_unpackhi_ps(r10, r11),
+         t12 = _mm512_unpacklo_ps(r12, r13), t13 = _mm512_unpackhi_ps(r12, r13),
+         t14 = _mm512_unpacklo_ps(r14, r15), t15 = _mm512_unpackhi_ps(r14, r15);
+  r0 = _mm512_shuffle_ps(t0, t2, 0x44); r1 = _mm512_shuffle_ps(t0, t2, 0xEE);
+  r2 = _mm512_shuffle_ps(t1, t3, 0x44); r3 = _mm512_shuffle_ps(t1, t3, 0xEE);
+  r4 = _mm512_shuffle_ps(t4, t6, 0x44); r5 = _mm512_shuffle_ps(t4, t6, 0xEE);
+  r6 = _mm512_shuffle_ps(t5, t7, 0x44); r7 = _mm512_shuffle_ps(t5, t7, 0xEE);
+  r8 = _mm512_shuffle_ps(t8, t10, 0x44); r9 = _mm512_shuffle_ps(t8, t10, 0xEE);
+  r10 = _mm512_shuffle_ps(t9, t11, 0x44); r11 = _mm512_shuffle_ps(t9, t11, 0xEE);
+  r12 = _mm512_shuffle_ps(t12, t14, 0x44); r13 = _mm512_shuffle_ps(t12, t14, 0xEE);
+  r14 = _mm512_shuffle_ps(t13, t15, 0x44); r15 = _mm512_shuffle_ps(t13, t15, 0xEE);
+  t0 = _mm512_shuffle_f32x4(r0, r4, 0x88); t1 = _mm512_shuffle_f32x4(r1, r5, 0x88);
+  t2 = _mm512_shuffle_f32x4(r2, r6, 0x88); t3 = _mm512_shuffle_f32x4(r3, r7, 0x88);
+  t4 = _mm512_shuffle_f32x4(r0, r4, 0xDD); t5 = _mm512_shuffle_f32x4(r1, r5, 0xDD);
+  t6 = _mm512_shuffle_f32x4(r2, r6, 0xDD); t7 = _mm512_shuffle_f32x4(r3, r7, 0xDD);
+  t8 = _mm512_shuffle_f32x4(r8, r12, 0x88); t9 = _mm512_shuffle_f32x4(r9, r13, 0x88);
+  t10 = _mm512_shuffle_f32x4(r10, r14, 0x88); t11 = _mm512_shuffle_f32x4(r11, r15, 0x88);
+  t12 = _mm512_shuffle_f32x4(r8, r12, 0xDD); t13 = _mm512_shuffle_f32x4(r9, r13, 0xDD);
+  t14 = _mm512_shuffle_f32x4(r10, r14, 0xDD); t15 = _mm512_shuffle_f32x4(r11, r15, 0xDD);
+  _mm512_storeu_ps(dst, _mm512_shuffle_f32x4(t0, t8, 0x88));
+  _mm512_storeu_ps(dst + ds, _mm512_shuffle_f32x4(t1, t9, 0x88));
+  _mm512_storeu_ps(dst + 2 * ds, _mm512_shuffle_f32x4(t2, t10, 0x88));
+  _mm512_storeu_ps(dst + 3 * ds, _mm512_shuffle_f32x4(t3, t11, 0x88));
+  _mm512_storeu_ps(dst + 4 * ds, _mm512_shuffle_f32x4(t4, t12, 0x88));
+  _mm512_storeu_ps(dst + 5 * ds, _mm512_shuffle_f32x4(t5, t13, 0x88));
+  _mm512_storeu_ps(dst + 6 * ds, _mm512_shuffle_f32x4(t6, t14, 0x88));
+  _mm512_storeu_ps(dst + 7 * ds, _mm512_shuffle_f32x4(t7, t15, 0x88));
+  _mm512_storeu_ps(dst + 8 * ds, _mm512_shuffle_f32x4(t0, t8, 0xDD));
+  _mm512_storeu_ps(dst + 9 * ds, _mm512_shuffle_f32x4(t1, t9, 0xDD));
+  _mm512_storeu_ps(dst + 10 * ds, _mm512_shuffle_f32x4(t2, t10, 0xDD));
+  _mm512_storeu_ps(dst + 11 * ds, _mm512_shuffle_f32x4(t3, t11, 0xDD));
+  _mm512_storeu_ps(dst + 12 * ds, _mm512_shuffle_f32x4(t4, t12, 0xDD));
+  _mm512_storeu_ps(dst + 13 * ds, _mm512_shuffle_f32x4(t5, t13, 0xDD));
+  _mm512_storeu_ps(dst + 14 * ds, _mm512_shuffle_f32x4(t6, t14, 0xDD));
+  _mm512_storeu_ps(dst + 15 * ds, _mm512_shuffle_f32x4(t7, t15, 0xDD));
+}
+#elif defined(__AVX2__)
+// dst[c * ds + r] = src[r * ss + c] for r, c < 8: an 8 x 8 block transposed in registers.
+inline void transpose_block(const float* src, int64_t ss, float* dst, int64_t ds) {
+  __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ss), r2 = _mm256_loadu_ps(src + 2 * ss),
+         r3 = _mm256_loadu_ps(src + 3 * ss), r4 = _mm256_loadu_ps(src + 4 * ss), r5 = _mm256_loadu_ps(src + 5 * ss),
+         r6 = _mm256_loadu_ps(src + 6 * ss), r7 = _mm256_loadu_ps(src + 7 * ss);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+         t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  r0 = _mm256_shuffle_ps(t0, t2, 0x44); r1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  r2 = _mm256_shuffle_ps(t1, t3, 0x44); r3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  r4 = _mm256_shuffle_ps(t4, t6, 0x44); r5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  r6 = _mm256_shuffle_ps(t5, t7, 0x44); r7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst, _mm256_permute2f128_ps(r0, r4, 0x20));
+  _mm256_storeu_ps(dst + ds, _mm256_permute2f128_ps(r1, r5, 0x20));
+  _mm256_storeu_ps(dst + 2 * ds, _mm256_permute2f128_ps(r2, r6, 0x20));
+  _mm256_storeu_ps(dst + 3 * ds, _mm256_permute2f128_ps(r3, r7, 0x20));
+  _mm256_storeu_ps(dst + 4 * ds, _mm256_permute2f128_ps(r0, r4, 0x31));
+  _mm256_storeu_ps(dst + 5 * ds, _mm256_permute2f128_ps(r1, r5, 0x31));
+  _mm256_storeu_ps(dst + 6 * ds, _mm256_permute2f128_ps(r2, r6, 0x31));
+  _mm256_storeu_ps(dst + 7 * ds, _mm256_permute2f128_ps(r3, r7, 0x31));
+}
+#endif
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+
+constexpr int64_t kQueries = 4;  // queries per block: their accumulators stay in registers
+
+// e^x for x <= 0 (a softmax's scores less their maximum), to about 2 ulp: Cephes' expf, x = n ln2 + r
+// with |r| <= ln2 / 2, e^r by its degree-6 polynomial, times 2^n. Below -87 it gives e^-87 (~1.6e-38).
+inline Vec vexp(Vec x) {
+  x = vmax(x, vset(-87.0f));
+  const Vec n = vround(vmul(x, vset(1.44269504088896341f)));
+  Vec r = vsub(x, vmul(n, vset(0.693359375f)));
+  r = vsub(r, vmul(n, vset(-2.12194440e-4f)));
+  Vec p = vset(1.9875691500e-4f);
+  p = vfma(p, r, vset(1.3981999507e-3f));
+  p = vfma(p, r, vset(8.3334519073e-3f));
+  p = vfma(p, r, vset(4.1665795894e-2f));
+  p = vfma(p, r, vset(1.6666665459e-1f));
+  p = vfma(p, r, vset(5.0000001201e-1f));
+  p = vfma(vmul(p, r), r, vadd(r, vset(1.0f)));
+  return vpow2(p, n);
+}
+
+// out[i][c : c + NV * kW] = sum_j p[i][j] v[j] * inv_sum[i] + vb for a block's queries: NV vectors
+// of features, their kQueries x NV accumulators in registers.
+template <int NV>
+inline void weigh_values(const float* p, int64_t L, int64_t Lp, const float* v, int64_t v_stride,
+                         const float* inv_sum, const float* vb, float* const* orow, int64_t c) {
+  Vec acc[kQueries][NV];
+  for (int64_t i = 0; i < kQueries; ++i)
+    for (int t = 0; t < NV; ++t) acc[i][t] = vset(0.0f);
+  for (int64_t j = 0; j < L; ++j) {
+    Vec vv[NV];
+    for (int t = 0; t < NV; ++t) vv[t] = vload(v + j * v_stride + t * kW);
+    for (int64_t i = 0; i < kQueries; ++i) {
+      const Vec w = vset(p[i * Lp + j]);
+      for (int t = 0; t < NV; ++t) acc[i][t] = vfma(w, vv[t], acc[i][t]);
+    }
+  }
+  // every query of the block, a constant count that keeps the accumulators in registers: a short
+  // block's repeated query writes its own row's values again
+  for (int64_t i = 0; i < kQueries; ++i)
+    for (int t = 0; t < NV; ++t) vstore(orow[i] + c + t * kW, vfma(acc[i][t], vset(inv_sum[i]), vload(vb + t * kW)));
+}
+
+// scores[i][0 : NK * kW] = q_i kᵀ * scale for a block's queries against NK * kW keys (kt: their
+// columns of the transposed keys, rows Lp apart).
+template <int NK>
+inline void score_keys(const float* const* qrow, const float* kt, int64_t Lp, int64_t hd, float scale, float* scores) {
+  Vec acc[kQueries][NK];
+  for (int64_t i = 0; i < kQueries; ++i)
+    for (int t = 0; t < NK; ++t) acc[i][t] = vset(0.0f);
+  for (int64_t d = 0; d < hd; ++d) {
+    Vec kv[NK];
+    for (int t = 0; t < NK; ++t) kv[t] = vload(kt + d * Lp + t * kW);
+    for (int64_t i = 0; i < kQueries; ++i) {
+      const Vec qd = vset(qrow[i][d]);
+      for (int t = 0; t < NK; ++t) acc[i][t] = vfma(qd, kv[t], acc[i][t]);
+    }
+  }
+  for (int64_t i = 0; i < kQueries; ++i)
+    for (int t = 0; t < NK; ++t) vstore(scores + i * Lp + t * kW, vmul(acc[i][t], vset(scale)));
+}
+
+// Ask for a row's cache lines ahead of their use.
+inline void prefetch_row(const float* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
+}
+
+// One block of kQueries queries of one head against its L keys (kt: head_dim x Lp, transposed,
+// Lp = L rounded up to kW); writes their outputs. scores: kQueries x Lp scratch.
+void attend_block(const float* const* qrow, float* const* orow, const float* kt, int64_t L, int64_t Lp,
+                  const float* v0, int64_t v_stride, const float* vb, int64_t hd, float scale, float* scores) {
+  // scores = q kᵀ * scale, 2 kW keys at a time (then kW), the padding keys -inf
+  int64_t j = 0;
+  for (; j + 2 * kW <= Lp; j += 2 * kW) score_keys<2>(qrow, kt + j, Lp, hd, scale, scores + j);
+  if (j < Lp) score_keys<1>(qrow, kt + j, Lp, hd, scale, scores + j);
+  float inv_sum[kQueries];
+  for (int64_t i = 0; i < kQueries; ++i) {
+    float* s = scores + i * Lp;
+    for (int64_t j = L; j < Lp; ++j) s[j] = -INFINITY;
+    Vec m = vset(-INFINITY);
+    for (int64_t j = 0; j < Lp; j += kW) m = vmax(m, vload(s + j));
+    const Vec mx = vset(vreduce_max(m));
+    Vec sum = vset(0.0f);
+    for (int64_t j = 0; j < Lp; j += kW) {
+      const Vec e = vexp(vsub(vload(s + j), mx));
+      vstore(s + j, e);
+      sum = vadd(sum, e);
+    }
+    inv_sum[i] = 1.0f / vreduce_add(sum);  // the padding keys' e^-87 each: nothing next to the max's 1
+  }
+  // out = p v / sum, 4 vectors of the head's features at a time (then 2, then 1)
+  int64_t c = 0;
+  for (; c + 4 * kW <= hd; c += 4 * kW) weigh_values<4>(scores, L, Lp, v0 + c, v_stride, inv_sum, vb + c, orow, c);
+  if (c + 2 * kW <= hd) {
+    weigh_values<2>(scores, L, Lp, v0 + c, v_stride, inv_sum, vb + c, orow, c);
+    c += 2 * kW;
+  }
+  if (c + kW <= hd) {
+    weigh_values<1>(scores, L, Lp, v0 + c, v_stride, inv_sum, vb + c, orow, c);
+    c += kW;
+  }
+  for (; c < hd; ++c)  // a head size that is not a multiple of kW: the rest one feature at a time
+    for (int64_t i = 0; i < kQueries; ++i) {
+      float acc = 0.0f;
+      for (int64_t j = 0; j < L; ++j) acc += scores[i * Lp + j] * v0[j * v_stride + c];
+      orow[i][c] = acc * inv_sum[i] + vb[c];
+    }
+}
+
+#endif
+
+}  // namespace
+
+at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bounds,
+                            int64_t heads, int64_t rows, const c10::optional<at::Tensor>& q_bias,
+                            const c10::optional<at::Tensor>& v_bias) {
+  for (const at::Tensor* t : {&q, &k, &v})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 2 && t->stride(1) == 1,
+                "q, k and v must be (rows, features) fp32 CPU tensors with contiguous rows");
+  const int64_t C = q.size(1);
+  TORCH_CHECK(k.size(1) == C && v.size(1) == C && k.size(0) == v.size(0), "k and v must match q's features");
+  TORCH_CHECK(heads > 0 && C % heads == 0, "features ", C, " do not split into ", heads, " heads");
+  const int64_t hd = C / heads;
+  TORCH_CHECK(bounds.scalar_type() == at::kLong && bounds.dim() == 2 && bounds.size(1) == 4 && bounds.is_contiguous(),
+              "bounds must be a contiguous (sequences, 4) int64 tensor");
+  const at::Tensor zeros = at::zeros({C}, q.options());
+  const at::Tensor qb = q_bias.has_value() ? q_bias->contiguous() : zeros;
+  const at::Tensor vb = v_bias.has_value() ? v_bias->contiguous() : zeros;
+  for (const at::Tensor* t : {&qb, &vb})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 1 && t->size(0) == C,
+                "q_bias and v_bias must be fp32 CPU vectors of ", C);
+  at::Tensor out = at::empty({rows, C}, q.options());
+#if defined(__AVX512F__) || defined(__AVX2__)
+  const int64_t B = bounds.size(0);
+  const int64_t* bp = bounds.data_ptr<int64_t>();
+  int64_t covered = 0, Lmax = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t q0 = bp[4 * b], nq = bp[4 * b + 1], k0 = bp[4 * b + 2], nk = bp[4 * b + 3];
+    TORCH_CHECK(q0 >= 0 && nq >= 0 && q0 + nq <= std::min(q.size(0), rows) && k0 >= 0 && nk >= 0 && k0 + nk <= k.size(0),
+                "bounds of sequence ", b, " fall outside q, k or the result");
+    covered = std::max(covered, q0 + nq);
+    Lmax = std::max(Lmax, nk);
+  }
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float *qbp = qb.data_ptr<float>(), *vbp = vb.data_ptr<float>();
+  const int64_t qs = q.stride(0), ks = k.stride(0), vs = v.stride(0);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t Lpmax = (Lmax + kW - 1) / kW * kW;
+  if (covered < rows) std::fill(op + covered * C, op + rows * C, 0.0f);
+  // sequence after sequence, each one's heads in turn (their rows' lines are neighbours), split
+  // between the threads by cost (queries x keys) rather than by count
+  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B * heads));
+  std::vector<int64_t> cut(T + 1, B * heads);
+  {
+    double total = 0.0;
+    for (int64_t b = 0; b < B; ++b) total += static_cast<double>(bp[4 * b + 1]) * (bp[4 * b + 3] + kW) * heads;
+    double acc = 0.0;
+    int64_t t = 1;
+    cut[0] = 0;
+    for (int64_t task = 0; task < B * heads && t < T; ++task) {
+      const int64_t b = task / heads;
+      acc += static_cast<double>(bp[4 * b + 1]) * (bp[4 * b + 3] + kW);
+      while (t < T && acc >= total * t / T) cut[t++] = task + 1;
+    }
+  }
+  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+    const int64_t begin = cut[t0], end = cut[t1];
+    std::vector<float> kt_buf(hd * Lpmax + kW), sc_buf(kQueries * Lpmax + kW), tail_buf(kW * hd), q_buf(kQueries * hd);
+    float* kt = kt_buf.data();
+    float* tail = tail_buf.data();
+    float* scores = sc_buf.data();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / heads, h = task % heads;
+      const int64_t q0 = bp[4 * b], nq = bp[4 * b + 1], k0 = bp[4 * b + 2], L = bp[4 * b + 3];
+      if (nq == 0) continue;
+      if (L == 0) {
+        for (int64_t i = 0; i < nq; ++i) std::fill(op + (q0 + i) * C + h * hd, op + (q0 + i) * C + (h + 1) * hd, 0.0f);
+        continue;
+      }
+      const int64_t Lp = (L + kW - 1) / kW * kW;
+      if (task + 1 < end) {  // the next task's rows, on their way while this one computes
+        const int64_t b1 = (task + 1) / heads, h1 = (task + 1) % heads;
+        const int64_t q1 = bp[4 * b1], n1 = bp[4 * b1 + 1], k1 = bp[4 * b1 + 2], L1 = bp[4 * b1 + 3];
+        for (int64_t r = 0; r < n1; ++r) prefetch_row(qp + (q1 + r) * qs + h1 * hd, hd);
+        for (int64_t r = 0; r < L1; ++r) {
+          prefetch_row(kp + (k1 + r) * ks + h1 * hd, hd);
+          prefetch_row(vp + (k1 + r) * vs + h1 * hd, hd);
+        }
+      }
+      // kᵀ of this head, kW keys by kW features at a time; a last short block repeats its last key
+      for (int64_t j = 0; j < Lp; j += kW) {
+        const float* kr = kp + (k0 + j) * ks + h * hd;
+        if (j + kW > L) {
+          for (int64_t r = 0; r < kW; ++r) std::copy(kr + std::min(r, L - 1 - j) * ks, kr + std::min(r, L - 1 - j) * ks + hd, tail + r * hd);
+          kr = tail;
+        }
+        const int64_t stride = j + kW > L ? hd : ks;
+        int64_t d = 0;
+        for (; d + kW <= hd; d += kW) transpose_block(kr + d, stride, kt + d * Lp + j, Lp);
+        for (; d < hd; ++d)
+          for (int64_t r = 0; r < kW; ++r) kt[d * Lp + j + r] = kr[r * stride + d];
+      }
+      const float* v0 = vp + k0 * vs + h * hd;
+      for (int64_t i0 = 0; i0 < nq; i0 += kQueries) {
+        const int64_t n = std::min(kQueries, nq - i0);
+        const float* qrow[kQueries];
+        float* orow[kQueries];
+        for (int64_t i = 0; i < kQueries; ++i) {
+          const int64_t r = q0 + i0 + std::min(i, n - 1);  // a short block repeats its last query
+          float* qi = q_buf.data() + i * hd;  // the query plus its bias
+          const float* src = qp + r * qs + h * hd;
+          for (int64_t d = 0; d < hd; ++d) qi[d] = src[d] + qbp[h * hd + d];
+          qrow[i] = qi;
+          orow[i] = op + r * C + h * hd;
+        }
+        attend_block(qrow, orow, kt, L, Lp, v0, vs, vbp + h * hd, hd, scale, scores);
+      }
+    }
+  });
+#else
+  TORCH_CHECK(false, "varlen_attention needs AVX-512 or AVX2");
+#endif
+  return out;
+}
+
+// ---- the elementwise passes around a layer's matmuls, at inference -----------------------------
+//
+//   torch.ops.roberta.bias_gelu_(h, bias)          h (M, F) fp32: h = GELU(h + bias), in place
+//       GELU(x) = x/2 (1 + erf(x / √2)), erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), as
+//       torch's vectorised CPU GELU computes it.
+//   torch.ops.roberta.add_layer_norm_(y, bias, residual, weight, beta, eps)
+//       y (M, C) fp32: y = LayerNorm(y + bias + residual) * weight + beta, in place, a row at a time
+//       (the sum, its mean and variance, the normalised row: three passes over a row in cache).
+// What a post-LN block does after its matmul, in one pass over the matmul's output instead of the
+// bias copy into it before, the residual's sum and LayerNorm's two after.
+
+namespace {
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+
+inline Vec vabs(Vec x) { return vmax(x, vsub(vset(0.0f), x)); }
+
+#if defined(__AVX512F__)
+inline Vec vdiv(Vec a, Vec b) { return _mm512_div_ps(a, b); }
+inline Vec vcopysign(Vec mag, Vec sign) {
+  return _mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_and_si512(_mm512_castps_si512(mag), _mm512_set1_epi32(0x7fffffff)),
+      _mm512_and_si512(_mm512_castps_si512(sign), _mm512_set1_epi32(static_cast<int>(0x80000000U)))));
+}
+#else
+inline Vec vdiv(Vec a, Vec b) { return _mm256_div_ps(a, b); }
+inline Vec vcopysign(Vec mag, Vec sign) {
+  const Vec m = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000U)));
+  return _mm256_or_ps(_mm256_andnot_ps(m, mag), _mm256_and_ps(m, sign));
+}
+#endif
+
+// GELU(x) = x/2 (1 + erf(x/√2)); erf(z) = 1 - (a1 t + ... + a5 t^5) e^(-z²), t = 1 / (1 + p |z|)
+inline Vec vgelu(Vec x) {
+  const Vec z = vmul(x, vset(0.70710678118654752f));
+  const Vec az = vabs(z);
+  const Vec t = vdiv(vset(1.0f), vfma(vset(0.3275911f), az, vset(1.0f)));
+  Vec r = vset(1.061405429f);
+  r = vfma(r, t, vset(-1.453152027f));
+  r = vfma(r, t, vset(1.421413741f));
+  r = vfma(r, t, vset(-0.284496736f));
+  r = vfma(r, t, vset(0.254829592f));
+  const Vec e = vexp(vsub(vset(0.0f), vmul(az, az)));
+  const Vec erf = vcopysign(vsub(vset(1.0f), vmul(vmul(r, t), e)), z);
+  return vmul(vmul(x, vset(0.5f)), vadd(vset(1.0f), erf));
+}
+
+#endif
+
+inline float gelu_scalar(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
+
+void check_rows(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous(),
+              name, " must be a contiguous (rows, features) fp32 CPU tensor");
+}
+
+void check_vector(const at::Tensor& v, int64_t n, const char* name) {
+  TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == at::kFloat && v.dim() == 1 && v.size(0) == n && v.is_contiguous(),
+              name, " must be a contiguous fp32 CPU vector of ", n);
+}
+
+}  // namespace
+
+at::Tensor& bias_gelu_(at::Tensor& h, const at::Tensor& bias) {
+  check_rows(h, "h");
+  const int64_t M = h.size(0), F = h.size(1);
+  check_vector(bias, F, "bias");
+  float* hp = h.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float* row = hp + i * F;
+      int64_t k = 0;
+#if defined(__AVX512F__) || defined(__AVX2__)
+      for (; k + kW <= F; k += kW) vstore(row + k, vgelu(vadd(vload(row + k), vload(bp + k))));
+#endif
+      for (; k < F; ++k) row[k] = gelu_scalar(row[k] + bp[k]);
+    }
+  });
+  return h;
+}
+
+at::Tensor& add_layer_norm_(at::Tensor& y, const at::Tensor& bias, const at::Tensor& residual,
+                            const at::Tensor& weight, const at::Tensor& beta, double eps) {
+  check_rows(y, "y");
+  check_rows(residual, "residual");
+  const int64_t M = y.size(0), C = y.size(1);
+  TORCH_CHECK(residual.size(0) == M && residual.size(1) == C, "residual must have y's shape");
+  check_vector(bias, C, "bias");
+  check_vector(weight, C, "weight");
+  check_vector(beta, C, "beta");
+  float* yp = y.data_ptr<float>();
+  const float* rp = residual.data_ptr<float>();
+  const float *bp = bias.data_ptr<float>(), *wp = weight.data_ptr<float>(), *ep = beta.data_ptr<float>();
+  const float e = static_cast<float>(eps);
+  at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float* row = yp + i * C;
+      const float* res = rp + i * C;
+      float sum = 0.0f;
+      int64_t k = 0;
+#if defined(__AVX512F__) || defined(__AVX2__)
+      Vec vs = vset(0.0f);
+      for (; k + kW <= C; k += kW) {
+        const Vec z = vadd(vadd(vload(row + k), vload(bp + k)), vload(res + k));
+        vstore(row + k, z);
+        vs = vadd(vs, z);
+      }
+      sum = vreduce_add(vs);
+#endif
+      for (; k < C; ++k) {
+        row[k] = row[k] + bp[k] + res[k];
+        sum += row[k];
+      }
+      const float mean = sum / static_cast<float>(C);
+      float sq = 0.0f;
+      k = 0;
+#if defined(__AVX512F__) || defined(__AVX2__)
+      Vec vq = vset(0.0f);
+      const Vec vm = vset(mean);
+      for (; k + kW <= C; k += kW) {
+        const Vec d = vsub(vload(row + k), vm);
+        vq = vfma(d, d, vq);
+      }
+      sq = vreduce_add(vq);
+#endif
+      for (; k < C; ++k) sq += (row[k] - mean) * (row[k] - mean);
+      const float rstd = 1.0f / std::sqrt(sq / static_cast<float>(C) + e);
+      k = 0;
+#if defined(__AVX512F__) || defined(__AVX2__)
+      const Vec vr = vset(rstd);
+      for (; k + kW <= C; k += kW)
+        vstore(row + k, vfma(vmul(vsub(vload(row + k), vm), vr), vload(wp + k), vload(ep + k)));
+#endif
+      for (; k < C; ++k) row[k] = (row[k] - mean) * rstd * wp[k] + ep[k];
+    }
+  });
+  return y;
+}
+
 // torch.ops.roberta.*: dispatcher ops with CPU kernels, so that torch.profiler and dispatch modes
 // see them by name (benchmarks/profile_a.py)
 TORCH_LIBRARY(roberta, m) {
@@ -251,10 +753,16 @@ TORCH_LIBRARY(roberta, m) {
   m.def("quantize_rows(Tensor x, bool u8) -> (Tensor, Tensor)");
   m.def("quantize_rows_above(Tensor x, float floor, float step) -> (Tensor, Tensor)");
   m.def("dropout(Tensor x, float p, int seed) -> Tensor");
+  m.def("varlen_attention(Tensor q, Tensor k, Tensor v, Tensor bounds, int heads, int rows, Tensor? q_bias=None, Tensor? v_bias=None) -> Tensor");
+  m.def("bias_gelu_(Tensor(a!) h, Tensor bias) -> Tensor(a!)");
+  m.def("add_layer_norm_(Tensor(a!) y, Tensor bias, Tensor residual, Tensor weight, Tensor beta, float eps) -> Tensor(a!)");
 }
 
 TORCH_LIBRARY_IMPL(roberta, CPU, m) {
   m.impl("quantize_rows", &quantize_rows);
   m.impl("quantize_rows_above", &quantize_rows_above);
   m.impl("dropout", &dropout);
+  m.impl("varlen_attention", &varlen_attention);
+  m.impl("bias_gelu_", &bias_gelu_);
+  m.impl("add_layer_norm_", &add_layer_norm_);
 }
