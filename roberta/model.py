@@ -397,7 +397,8 @@ class Encoder(nn.Module):
         A batch with padding is unpadded once, here, unless attention weights are asked for (they
         are (B, nh, T, T) by definition) or the model is being exported to a graph (export.py: the
         unpadded sizes depend on the mask's values). Padding positions hold what the padded path
-        gives them (see packing.py).
+        gives them (see packing.py). At inference where roberta/kernels.py's attention runs, a batch
+        without padding is packed too (a view: `Packing.dense`), for that kernel's one call.
 
         subset_mask: (B, T) bool, the positions whose final state the caller reads (a classifier's
         <s>, the masked tokens of MLM). last_hidden_state is then (M, C), those positions in
@@ -418,6 +419,9 @@ class Encoder(nn.Module):
         every_real = subset_last and (
             bool(subset_mask.bool().all()) if real is None else torch.equal(subset_mask.bool(), real)
         )
+        if real is None and fast and not output_attentions and not self.training:
+            if kernels.attention_ops(x) is not None:  # its one call beats SDPA's on whole rows too
+                real = x.new_ones(x.shape[:2], dtype=torch.bool)  # a packing without padding (`dense`)
         if real is None or output_attentions or not fast:
             packing = None
         else:  # rounded rows only where no gradient is needed: training takes torch's linears

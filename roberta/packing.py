@@ -108,6 +108,11 @@ class Packing:
             )
         return cls(indices, tuple(lengths.tolist()), tuple((lengths + padded).tolist()), B, T, spare, slots)
 
+    @property
+    def dense(self) -> bool:
+        """No padding: the packed rows are the batch's positions in order, (B * T) of them."""
+        return self.num_rows == self.batch_size * self.seq_len and sum(self.lengths) == self.num_rows
+
     @functools.cached_property
     def attention_plan(self) -> AttentionPlan:
         """Every packed row a query (`packed_attention`): the plan, made at the first layer."""
@@ -166,7 +171,7 @@ def pack(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     rows' zeros."""
     flat = x.flatten(0, 1)
     if not packing.spare:
-        return flat.index_select(0, packing.indices)
+        return flat if packing.dense else flat.index_select(0, packing.indices)
     n = packing.num_rows
     out = flat.new_empty(n + packing.spare, *flat.shape[1:])
     torch.index_select(flat, 0, packing.indices, out=out[:n])
@@ -182,6 +187,8 @@ def unpack(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     if not packing.slots:
         raise ValueError("this packing has no padding slots (slots=False): padding positions have no state")
     x = x[: packing.num_rows]
+    if packing.dense:
+        return x.view(B, T, *x.shape[1:])
     last = torch.tensor(packing.sizes, device=x.device).cumsum(0) - 1  # (B,) each sequence's last row
     fill = x.index_select(0, last.clamp(min=0)).repeat_interleave(T, dim=0)  # (B * T, ...)
     return fill.index_copy(0, packing.indices, x).view(B, T, *x.shape[1:])
