@@ -287,6 +287,16 @@ def test_bias_gelu_is_gelu_of_the_sum_in_place(ops):
         assert (got - want).abs().max() < 1e-5 * max(1.0, float(want.abs().max())), (rows, cols)
 
 
+def test_bias_gelus_erf_is_close_everywhere(ops):
+    """The kernel's erf (a rational fit, benchmarks/fit_erf.py) against float64 on a fine grid,
+    through the saturation at |x| > 4√2 and at 0."""
+    x = torch.linspace(-12, 12, 240_001, dtype=torch.float64)
+    want = torch.nn.functional.gelu(x)
+    got = ops.bias_gelu_(x.float().view(1, -1).contiguous(), torch.zeros(x.numel())).view(-1).double()
+    assert ((got - want).abs() / x.abs().clamp(min=1.0)).max() < 1e-6  # torch's own fp32 GELU: 3.5e-7
+    assert ops.bias_gelu_(torch.zeros(1, 17), torch.zeros(17)).eq(0).all()
+
+
 def test_add_layer_norm_is_the_layer_norm_of_the_sum_in_place(ops):
     g = torch.Generator().manual_seed(0)
     for rows, cols in [(1, 768), (9, 13), (40, 100), (3, 8)]:
