@@ -12,6 +12,7 @@ of the fp32 evaluation, Horner's rule as in the kernel, on a fine grid.
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -47,7 +48,10 @@ def fp32_error(p: np.ndarray, q: np.ndarray) -> tuple[float, float]:
     return float(err.max()), float(z[err.argmax()])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args(argv)
     p, q = fit()
     worst, at = fp32_error(p, q)
     print("P (z² powers 0..6):", ", ".join(f"{v!r}" for v in p.tolist()))

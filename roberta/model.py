@@ -134,7 +134,12 @@ class Embeddings(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        packing: Packing | None = None,
     ) -> torch.Tensor:
+        """(B, T, C); with a `packing` (input_ids given), its rows alone, (N + spare, C): what
+        packing.pack makes of the (B, T, C) result, for a third of the work on padded text."""
+        if packing is not None:
+            return self.packed(input_ids, token_type_ids, position_ids, packing)
         if inputs_embeds is None:
             inputs_embeds = self.word(input_ids)  # (B, T, C)
         B, T, _ = inputs_embeds.shape
@@ -150,6 +155,38 @@ class Embeddings(nn.Module):
                 token_type_ids = torch.zeros(B, T, dtype=torch.long, device=x.device)
             x = x + self.token_type(token_type_ids)
         return self.dropout(self.norm(x))  # (B, T, C)
+
+    def packed(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        packing: Packing,
+    ) -> torch.Tensor:
+        """The embeddings of the packed rows alone (N + spare, C): the same per row as `forward`."""
+        B, T = input_ids.shape
+        if position_ids is None:
+            if self.positions_after_pad:
+                position_ids = position_ids_from_input_ids(input_ids, self.pad_token_id)  # (B, T)
+            else:
+                position_ids = torch.arange(
+                    self.first_position, self.first_position + T, device=input_ids.device
+                )
+        rows = packing.indices  # (N,) flat positions b * T + t
+
+        def take(ids: torch.Tensor) -> torch.Tensor:  # (B, T) or (T,) -> (N,)
+            return ids.expand(B, T).flatten().index_select(0, rows)
+
+        x = self.word(take(input_ids)) + self.position(take(position_ids))  # (N, C)
+        if self.token_type is not None:
+            types = (
+                self.token_type.weight[0].expand_as(x)
+                if token_type_ids is None
+                else self.token_type(take(token_type_ids))
+            )
+            x = x + types
+        x = self.dropout(self.norm(x))
+        return x if not packing.spare else torch.cat([x, x.new_zeros(packing.spare, x.shape[1])])
 
 
 class SelfAttention(nn.Module):
@@ -375,6 +412,18 @@ class EncoderOutput:
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How the encoder runs a batch (`Encoder.plan`): `packing` (None: padded, with the boolean key
+    mask from `real`, (B, T) or None for no padding); `subset_last`: the last layer computes the
+    subset_mask's positions only; `every_real`: they are the real tokens, the layers' rows as they are."""
+
+    packing: Packing | None
+    real: torch.Tensor | None
+    subset_last: bool
+    every_real: bool
+
+
 class Encoder(nn.Module):
     # N -> the row count the layers' linears want at inference, or None: set by roberta/onednn.py,
     # whose kernels see rounded row counts; the packed batch then carries the extra rows (packing.py)
@@ -384,28 +433,18 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(
+    def plan(
         self,
-        x: torch.Tensor,
+        shape: tuple[int, int],
+        like: torch.Tensor,
         attention_mask: torch.Tensor | None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         subset_mask: torch.Tensor | None = None,
-    ) -> EncoderOutput:
-        """x: (B, T, C) embeddings; attention_mask: (B, T), 1 = real token, or None (all real).
-
-        A batch with padding is unpadded once, here, unless attention weights are asked for (they
-        are (B, nh, T, T) by definition) or the model is being exported to a graph (export.py: the
-        unpadded sizes depend on the mask's values). Padding positions hold what the padded path
-        gives them (see packing.py). At inference where roberta/kernels.py's attention runs, a batch
-        without padding is packed too (a view: `Packing.dense`), for that kernel's one call.
-
-        subset_mask: (B, T) bool, the positions whose final state the caller reads (a classifier's
-        <s>, the masked tokens of MLM). last_hidden_state is then (M, C), those positions in
-        row-major order, and the last layer computes only them (its keys and values still see
-        every token): the same numbers for about 1/L less work. Where they are exactly the real
-        tokens (the attention mask), no layer computes a padding position's state.
-        """
+    ) -> Plan:
+        """How `forward` runs a (B, T) = `shape` batch: packed or padded, the last layer on a
+        subset or not (see forward). like: the embeddings, or a tensor of their dtype and device
+        whose gradient is wanted alike (RobertaModel plans before it embeds: the word embeddings)."""
         fast = not torch.compiler.is_exporting()  # a graph export takes the plain path: shapes from T
         if fast:
             real = (
@@ -420,19 +459,50 @@ class Encoder(nn.Module):
             bool(subset_mask.bool().all()) if real is None else torch.equal(subset_mask.bool(), real)
         )
         if real is None and fast and not output_attentions and not self.training:
-            if kernels.attention_ops(x) is not None:  # its one call beats SDPA's on whole rows too
-                real = x.new_ones(x.shape[:2], dtype=torch.bool)  # a packing without padding (`dense`)
+            if kernels.attention_ops(like) is not None:  # its one call beats SDPA's on whole rows too
+                real = torch.ones(shape, dtype=torch.bool, device=like.device)  # no padding (`dense`)
         if real is None or output_attentions or not fast:
             packing = None
         else:  # rounded rows only where no gradient is needed: training takes torch's linears
-            fp32_cpu = x.device.type == "cpu" and x.dtype == torch.float32
+            fp32_cpu = like.device.type == "cpu" and like.dtype == torch.float32
             rounding = self.round_rows if fp32_cpu and not torch.is_grad_enabled() else None
             # padding positions keep a state (a slot per padded row) unless no one reads one
             slots = not subset_last or bool((subset_mask.bool() & ~real).any())
             packing = Packing.from_mask(real, rounding, slots)
+        return Plan(packing, real, subset_last, every_real)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        subset_mask: torch.Tensor | None = None,
+        plan: Plan | None = None,
+    ) -> EncoderOutput:
+        """x: (B, T, C) embeddings, or with a `plan` (`Encoder.plan`) that packs, its packed rows
+        (N + spare, C) already; attention_mask: (B, T), 1 = real token, or None (all real).
+
+        A batch with padding is unpadded once, here, unless attention weights are asked for (they
+        are (B, nh, T, T) by definition) or the model is being exported to a graph (export.py: the
+        unpadded sizes depend on the mask's values). Padding positions hold what the padded path
+        gives them (see packing.py). At inference where roberta/kernels.py's attention runs, a batch
+        without padding is packed too (a view: `Packing.dense`), for that kernel's one call.
+
+        subset_mask: (B, T) bool, the positions whose final state the caller reads (a classifier's
+        <s>, the masked tokens of MLM). last_hidden_state is then (M, C), those positions in
+        row-major order, and the last layer computes only them (its keys and values still see
+        every token): the same numbers for about 1/L less work. Where they are exactly the real
+        tokens (the attention mask), no layer computes a padding position's state.
+        """
+        if plan is None:
+            plan = self.plan(
+                x.shape[:2], x, attention_mask, output_hidden_states, output_attentions, subset_mask
+            )
+        packing, real, subset_last, every_real = plan.packing, plan.real, plan.subset_last, plan.every_real
         hidden, attentions = [x], []
-        if packing is not None:
-            x, mask = pack(x, packing), packing  # (N, C): real tokens (+ a slot per padded row)
+        if packing is not None:  # (N, C): real tokens (+ a slot per padded row); packed already or not
+            x, mask = (pack(x, packing) if x.dim() == 3 else x), packing
         else:
             mask = None if real is None else real[:, None, None, :]  # (B, 1, 1, T)
         for i, layer in enumerate(self.layers):
@@ -512,8 +582,21 @@ class RobertaModel(PretrainedModel):
                 (what the task heads use to skip the last layer's other positions).
         """
         self.check_inputs(input_ids, attention_mask, inputs_embeds)
-        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, C)
-        out = self.encoder(x, attention_mask, output_hidden_states, output_attentions, subset_mask)
+        plan = None
+        hooked = self.embeddings.word._forward_hooks  # interpret.py puts (B, T, C) points in its place
+        if input_ids is not None and not (
+            output_hidden_states or self.training or hooked or torch.is_grad_enabled()
+        ):
+            # inference: plan first, and embed only the rows the layers run on
+            like = self.embeddings.word.weight
+            plan = self.encoder.plan(
+                input_ids.shape, like, attention_mask, False, output_attentions, subset_mask
+            )
+        packing = plan.packing if plan is not None else None
+        x = self.embeddings(
+            input_ids, token_type_ids, position_ids, inputs_embeds, packing
+        )  # (B, T, C) or packed
+        out = self.encoder(x, attention_mask, output_hidden_states, output_attentions, subset_mask, plan)
         if self.pooler is not None and subset_mask is None:
             out.pooler_output = self.pooler(out.last_hidden_state)  # (B, C)
         return out

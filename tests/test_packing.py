@@ -257,6 +257,25 @@ def test_unpadded_forward_equals_padded_at_every_position(model):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("family", ["roberta", "bert"])
+def test_embedding_the_packed_rows_equals_packing_the_embeddings(family):
+    """At inference RobertaModel embeds only the rows its layers run on (Embeddings.packed): the
+    rows of the (B, T, C) embeddings, with token types, explicit positions and spare rows too."""
+    torch.manual_seed(0)
+    config = tiny_config(model_type="bert", type_vocab_size=2) if family == "bert" else tiny_config()
+    emb = RobertaModel(config).eval().embeddings
+    ids, mask = batch(left=(1,))
+    T = ids.shape[1]
+    cases = [{}, {"position_ids": torch.arange(T).expand_as(ids) + 2}]
+    if family == "bert":
+        cases.append({"token_type_ids": (torch.arange(T) > 3).long().expand_as(ids)})
+    for packing in (Packing.from_mask(mask), Packing.from_mask(mask, round_rows=lambda n: 64)):
+        for kw in cases:
+            want = pack(emb(ids, **kw), packing)
+            assert torch.equal(emb(ids, **kw, packing=packing), want), (family, kw)
+
+
+@torch.no_grad()
 def test_alone_equals_its_row_in_a_padded_batch(model, kernels_or_not):
     lengths = (11, 4, 7, 1, 11)
     ids, mask = batch(lengths, left=(1,))
