@@ -8,6 +8,9 @@ random weights, speed.py's workloads):
   fp32 A, B   inference in fp32: a packed batch's attention in one kernel call and each block's
               end (bias + GELU, bias + residual + LayerNorm) in one pass, or torch's ops (SDPA per
               group of similar lengths, addmm, GELU, LayerNorm); the largest difference is printed;
+  attention   the attention alone, roberta-base's 12 heads of 64: the kernel against one SDPA
+              call on equal lengths (16 to 512 tokens, 2,048 tokens a batch), and against
+              packing.py's SDPA calls per group on A's batches;
   int8 A, B   inference of the int8 model (roberta/quantize.py), its input rows quantized by the
               kernel or by torch's ops; the outputs must be equal, bit for bit;
   C, D        a sequence-classification and an MLM training step (AdamW), dropout by the kernel
@@ -97,6 +100,59 @@ def line(name: str, unit: str, t: dict[str, float], scale: float = 1e3) -> str:
     )
 
 
+def attention_alone(a: list, rounds: int) -> list[str]:
+    """varlen_attention against SDPA (equal lengths) and packing.py's grouped SDPA (A's batches)."""
+    from roberta.packing import Packing, grouped_attention
+
+    C, heads = 768, 12
+    g = torch.Generator().manual_seed(0)
+
+    def best(kernel, torch_ops, reps: int) -> dict[str, float]:
+        times: dict[str, list[float]] = {"kernels": [], "torch": []}
+        for r in range(reps):
+            for side, fn in (("kernels", kernel), ("torch", torch_ops))[:: 1 if r % 2 else -1]:
+                start = time.perf_counter()
+                fn()
+                times[side].append(time.perf_counter() - start)
+        return {side: min(t) for side, t in times.items()}
+
+    def equal_lengths(L: int) -> dict[str, float]:
+        B = 2048 // L
+        qkv = torch.randn(B * L, 3 * C, generator=g)
+        q, k, v = qkv.chunk(3, dim=1)  # (B * L, C) each, rows 3C apart
+        bounds = torch.tensor([[b * L, L, b * L, L] for b in range(B)])
+        heads4 = qkv.view(B, L, 3, heads, C // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, L, hs)
+        return best(
+            lambda: kernels.varlen_attention(q, k, v, bounds, heads, B * L),
+            lambda: F.scaled_dot_product_attention(*heads4.unbind(0)),
+            10 * rounds,
+        )
+
+    def a_batch(mask: torch.Tensor) -> dict[str, float]:
+        p = Packing.from_mask(mask.bool(), slots=False)
+        qkv = torch.randn(p.num_rows, 3, heads, C // heads, generator=g)
+        flat = qkv.view(p.num_rows, 3 * C)
+        return best(
+            lambda: kernels.varlen_attention(*flat.chunk(3, dim=1), p.bounds, heads, p.num_rows),
+            lambda: grouped_attention(qkv, None, p.attention_plan),
+            4 * rounds,
+        )
+
+    def text(name: str, t: dict[str, float]) -> str:
+        return f"{name}: kernel {t['kernels'] * 1e3:.2f} ms, SDPA {t['torch'] * 1e3:.2f} ms, {t['torch'] / t['kernels']:.2f}x"
+
+    lines = []
+    with torch.inference_mode():
+        for L in (16, 32, 64, 128, 256, 512):
+            lines.append(text(f"attention, {2048 // L} sequences of {L} (one SDPA call)", equal_lengths(L)))
+            print(lines[-1], flush=True)
+        per_batch = [a_batch(mask) for _, mask in a]
+        total = {side: sum(t[side] for t in per_batch) for side in ("kernels", "torch")}
+        lines.append(text(f"attention, A's {len(a)} batches (packing.py's SDPA calls per group)", total))
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per comparison (default 5)")
@@ -120,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     int8 = quantize.quantize_int8(RobertaModel(config, add_pooler=False))
     a = speed.batches(speed.lengths_a(config, quick=False), 32, config.vocab_size)[:8]
     b = speed.padded([128] * 8, config.vocab_size, seed=99)
-    report = []
+    report = attention_alone(a, args.rounds)
     for name, encoder, kinds in (("fp32", fp32, ("inference",)), ("int8", int8, ("quantize",))):
 
         def encode(batch, encoder=encoder):
