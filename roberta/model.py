@@ -412,6 +412,12 @@ class EncoderOutput:
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
+# Longest sequences of a batch without padding that the encoder packs anyway (a view), for the
+# compiled attention's one call: at 32-128 tokens it ran 1.2-1.35x SDPA's one call on whole rows, at
+# 256 and 512 0.95x (`python benchmarks/cpu_kernels.py`, results/cpu-kernels-amx.txt).
+DENSE_UP_TO = 192
+
+
 @dataclass(frozen=True)
 class Plan:
     """How the encoder runs a batch (`Encoder.plan`): `packing` (None: padded, with the boolean key
@@ -458,9 +464,9 @@ class Encoder(nn.Module):
         every_real = subset_last and (
             bool(subset_mask.bool().all()) if real is None else torch.equal(subset_mask.bool(), real)
         )
-        if real is None and fast and not output_attentions and not self.training:
-            if kernels.attention_ops(like) is not None:  # its one call beats SDPA's on whole rows too
-                real = torch.ones(shape, dtype=torch.bool, device=like.device)  # no padding (`dense`)
+        dense = real is None and fast and not output_attentions and not self.training
+        if dense and shape[1] <= DENSE_UP_TO and kernels.attention_ops(like) is not None:
+            real = torch.ones(shape, dtype=torch.bool, device=like.device)  # no padding (`dense`)
         if real is None or output_attentions or not fast:
             packing = None
         else:  # rounded rows only where no gradient is needed: training takes torch's linears
@@ -487,7 +493,8 @@ class Encoder(nn.Module):
         are (B, nh, T, T) by definition) or the model is being exported to a graph (export.py: the
         unpadded sizes depend on the mask's values). Padding positions hold what the padded path
         gives them (see packing.py). At inference where roberta/kernels.py's attention runs, a batch
-        without padding is packed too (a view: `Packing.dense`), for that kernel's one call.
+        without padding is packed too (a view: `Packing.dense`) up to `DENSE_UP_TO` tokens, for
+        that kernel's one call.
 
         subset_mask: (B, T) bool, the positions whose final state the caller reads (a classifier's
         <s>, the masked tokens of MLM). last_hidden_state is then (M, C), those positions in
