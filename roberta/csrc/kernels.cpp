@@ -265,6 +265,8 @@ at::Tensor dropout(const at::Tensor& x, double p, int64_t seed) {
 
 namespace {
 
+// A vector of floats and the operations the kernels below use, for each instruction set: the
+// kernels are written once against these.
 #if defined(__AVX512F__)
 using Vec = __m512;
 constexpr int64_t kW = 16;
@@ -277,6 +279,7 @@ inline Vec vsub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
 inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
 inline Vec vmax(Vec a, Vec b) { return _mm512_max_ps(a, b); }
 inline Vec vmin(Vec a, Vec b) { return _mm512_min_ps(a, b); }
+inline Vec vdiv(Vec a, Vec b) { return _mm512_div_ps(a, b); }
 inline float vreduce_max(Vec v) { return _mm512_reduce_max_ps(v); }
 inline float vreduce_add(Vec v) { return _mm512_reduce_add_ps(v); }
 inline Vec vpow2(Vec p, Vec n) { return _mm512_scalef_ps(p, n); }  // p * 2^n
@@ -293,6 +296,7 @@ inline Vec vsub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
 inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
 inline Vec vmax(Vec a, Vec b) { return _mm256_max_ps(a, b); }
 inline Vec vmin(Vec a, Vec b) { return _mm256_min_ps(a, b); }
+inline Vec vdiv(Vec a, Vec b) { return _mm256_div_ps(a, b); }
 inline float vreduce_max(Vec v) { return reduce_max(v); }
 inline float vreduce_add(Vec v) {
   __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -626,12 +630,6 @@ at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::
 namespace {
 
 #if defined(__AVX512F__) || defined(__AVX2__)
-
-#if defined(__AVX512F__)
-inline Vec vdiv(Vec a, Vec b) { return _mm512_div_ps(a, b); }
-#else
-inline Vec vdiv(Vec a, Vec b) { return _mm256_div_ps(a, b); }
-#endif
 
 // GELU(x) = x/2 (1 + erf(x/√2)); erf(z) = z P(z²) / Q(z²) on |z| <= 4, ±1 beyond (where erf is
 // within 2e-8 of it): a rational fit to erf, |error| < 5e-7 in fp32 (python benchmarks/fit_erf.py).
