@@ -54,64 +54,91 @@ std::string isa() {
 #endif
 }
 
+// A vector of floats and the operations the kernels below use, for each instruction set: the
+// kernels are written once against these.
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-
-float row_absmax(const float* x, int64_t K, int64_t& k) {
-  __m512 m = _mm512_setzero_ps();
-  for (; k + 16 <= K; k += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
-  return _mm512_reduce_max_ps(m);
-}
-
-float row_max(const float* x, int64_t K, int64_t& k) {
-  __m512 m = _mm512_set1_ps(-INFINITY);
-  for (; k + 16 <= K; k += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + k));
-  return _mm512_reduce_max_ps(m);
-}
-
-void row_codes(const float* x, int64_t K, float low, float scale, int8_t flip, int8_t* q, int64_t& k) {
-  const __m512 vl = _mm512_set1_ps(low), vs = _mm512_set1_ps(scale);
-  const __m128i vf = _mm_set1_epi8(flip);
-  for (; k + 16 <= K; k += 16) {
-    __m512 v = _mm512_div_ps(_mm512_sub_ps(_mm512_loadu_ps(x + k), vl), vs);
-    v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m128i codes = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v));  // integral already: exact
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm_xor_si128(codes, vf));
-  }
-}
-
+using Vec = __m512;
+constexpr int64_t kW = 16;
+inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline Vec vset(float x) { return _mm512_set1_ps(x); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+inline Vec vsub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline Vec vmax(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+inline Vec vmin(Vec a, Vec b) { return _mm512_min_ps(a, b); }
+inline Vec vdiv(Vec a, Vec b) { return _mm512_div_ps(a, b); }
+inline Vec vabs(Vec x) { return _mm512_abs_ps(x); }
+inline float vreduce_max(Vec v) { return _mm512_reduce_max_ps(v); }
+inline float vreduce_add(Vec v) { return _mm512_reduce_add_ps(v); }
+inline Vec vpow2(Vec p, Vec n) { return _mm512_scalef_ps(p, n); }  // p * 2^n
+inline Vec vround(Vec x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 #elif defined(__AVX2__)
-
-float reduce_max(__m256 m) {
-  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+using Vec = __m256;
+constexpr int64_t kW = 8;
+inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec vset(float x) { return _mm256_set1_ps(x); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec vmul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+inline Vec vsub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline Vec vmax(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+inline Vec vmin(Vec a, Vec b) { return _mm256_min_ps(a, b); }
+inline Vec vdiv(Vec a, Vec b) { return _mm256_div_ps(a, b); }
+inline Vec vabs(Vec x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+inline float vreduce_max(Vec v) {
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   h = _mm_max_ps(h, _mm_movehl_ps(h, h));
   h = _mm_max_ss(h, _mm_movehdup_ps(h));
   return _mm_cvtss_f32(h);
 }
+inline float vreduce_add(Vec v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+inline Vec vpow2(Vec p, Vec n) {  // p * 2^n for integral n in [-126, 127]
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+inline Vec vround(Vec x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+// kW integral floats -> int8 codes, each xor flip
+inline void store_codes(Vec v, int8_t flip, int8_t* q) {
+  const __m128i codes = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v));  // integral already: exact
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm_xor_si128(codes, _mm_set1_epi8(flip)));
+}
+#elif defined(__AVX2__)
+inline void store_codes(Vec v, int8_t flip, int8_t* q) {
+  const __m256i i32 = _mm256_cvtps_epi32(v);  // integral already: exact
+  const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+  const __m128i codes = _mm_packs_epi16(i16, i16);  // the 8 codes in the low half
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_xor_si128(codes, _mm_set1_epi8(flip)));
+}
+#endif
+
+#if defined(__AVX512F__) || defined(__AVX2__)
 
 float row_absmax(const float* x, int64_t K, int64_t& k) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 m = _mm256_setzero_ps();
-  for (; k + 8 <= K; k += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
-  return reduce_max(m);
+  Vec m = vset(0.0f);
+  for (; k + kW <= K; k += kW) m = vmax(m, vabs(vload(x + k)));
+  return vreduce_max(m);
 }
 
 float row_max(const float* x, int64_t K, int64_t& k) {
-  __m256 m = _mm256_set1_ps(-INFINITY);
-  for (; k + 8 <= K; k += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + k));
-  return reduce_max(m);
+  Vec m = vset(-INFINITY);
+  for (; k + kW <= K; k += kW) m = vmax(m, vload(x + k));
+  return vreduce_max(m);
 }
 
 void row_codes(const float* x, int64_t K, float low, float scale, int8_t flip, int8_t* q, int64_t& k) {
-  const __m256 vl = _mm256_set1_ps(low), vs = _mm256_set1_ps(scale);
-  const __m128i vf = _mm_set1_epi8(flip);
-  for (; k + 8 <= K; k += 8) {
-    __m256 v = _mm256_div_ps(_mm256_sub_ps(_mm256_loadu_ps(x + k), vl), vs);
-    v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256i i32 = _mm256_cvtps_epi32(v);  // integral already: exact
-    const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
-    const __m128i codes = _mm_packs_epi16(i16, i16);  // the 8 codes in the low half
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_xor_si128(codes, vf));
-  }
+  const Vec vl = vset(low), vs = vset(scale);
+  for (; k + kW <= K; k += kW) store_codes(vround(vdiv(vsub(vload(x + k), vl), vs)), flip, q + k);
 }
 
 #else
@@ -265,53 +292,8 @@ at::Tensor dropout(const at::Tensor& x, double p, int64_t seed) {
 
 namespace {
 
-// A vector of floats and the operations the kernels below use, for each instruction set: the
-// kernels are written once against these.
-#if defined(__AVX512F__)
-using Vec = __m512;
-constexpr int64_t kW = 16;
-inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
-inline void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
-inline Vec vset(float x) { return _mm512_set1_ps(x); }
-inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
-inline Vec vsub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
-inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
-inline Vec vmax(Vec a, Vec b) { return _mm512_max_ps(a, b); }
-inline Vec vmin(Vec a, Vec b) { return _mm512_min_ps(a, b); }
-inline Vec vdiv(Vec a, Vec b) { return _mm512_div_ps(a, b); }
-inline float vreduce_max(Vec v) { return _mm512_reduce_max_ps(v); }
-inline float vreduce_add(Vec v) { return _mm512_reduce_add_ps(v); }
-inline Vec vpow2(Vec p, Vec n) { return _mm512_scalef_ps(p, n); }  // p * 2^n
-inline Vec vround(Vec x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-#elif defined(__AVX2__)
-using Vec = __m256;
-constexpr int64_t kW = 8;
-inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
-inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
-inline Vec vset(float x) { return _mm256_set1_ps(x); }
-inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
-inline Vec vmul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
-inline Vec vsub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
-inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
-inline Vec vmax(Vec a, Vec b) { return _mm256_max_ps(a, b); }
-inline Vec vmin(Vec a, Vec b) { return _mm256_min_ps(a, b); }
-inline Vec vdiv(Vec a, Vec b) { return _mm256_div_ps(a, b); }
-inline float vreduce_max(Vec v) { return reduce_max(v); }
-inline float vreduce_add(Vec v) {
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  return _mm_cvtss_f32(h);
-}
-inline Vec vpow2(Vec p, Vec n) {  // p * 2^n for integral n in [-126, 127]
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-inline Vec vround(Vec x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-#endif
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__)
 // dst[c * ds + r] = src[r * ss + c] for r, c < 16: a 16 x 16 block transposed in registers.
 inline void transpose_block(const float* src, int64_t ss, float* dst, int64_t ds) {
   __m512 r0 = _mm512_loadu_ps(src), r1 = _mm512_loadu_ps(src + ss), r2 = _mm512_loadu_ps(src + 2 * ss),
@@ -509,7 +491,8 @@ at::Tensor varlen_attention(const at::Tensor& q, const at::Tensor& k, const at::
   const int64_t hd = C / heads;
   TORCH_CHECK(bounds.scalar_type() == at::kLong && bounds.dim() == 2 && bounds.size(1) == 4 && bounds.is_contiguous(),
               "bounds must be a contiguous (sequences, 4) int64 tensor");
-  const at::Tensor zeros = at::zeros({C}, q.options());
+  const bool both = q_bias.has_value() && v_bias.has_value();
+  const at::Tensor zeros = both ? at::Tensor() : at::zeros({C}, q.options());  // for a bias not given
   const at::Tensor qb = q_bias.has_value() ? q_bias->contiguous() : zeros;
   const at::Tensor vb = v_bias.has_value() ? v_bias->contiguous() : zeros;
   for (const at::Tensor* t : {&qb, &vb})
